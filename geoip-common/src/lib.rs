@@ -1,0 +1,167 @@
+//! Types shared by the kernel program (`geoip-ebpf`) and the daemon
+//! (`geoip-user`).
+//!
+//! # Layout
+//! - [`ConnEvent`]: the one record the kernel program puts in the ring buffer.
+//! - [`TracepointLayout`]: where the fields of `sock/inet_sock_set_state`
+//!   sit in the tracepoint record; the daemon reads it from tracefs and
+//!   writes it into the program's global before loading it.
+//! - constants: TCP states, event kinds, directions, map and program names.
+//!
+//! Every shared struct is `#[repr(C)]`, has no `bool`, no implicit padding
+//! (explicit `_pad` fields) and a compile-time size check. `bytemuck::Pod`
+//! and `aya::Pod` are only derived behind the `user` feature.
+#![no_std]
+
+/// Name of the ring buffer map carrying [`ConnEvent`]s.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the per-CPU array (one `u64` slot) counting events the program
+/// could not submit because the ring buffer was full.
+pub const LOST_MAP: &str = "LOST";
+/// Name of the global holding the [`TracepointLayout`].
+pub const LAYOUT_GLOBAL: &str = "TP_LAYOUT";
+/// Name of the tracepoint program.
+pub const PROGRAM: &str = "inet_sock_set_state";
+/// Tracepoint category and name the program attaches to.
+pub const TRACEPOINT_CATEGORY: &str = "sock";
+pub const TRACEPOINT_NAME: &str = "inet_sock_set_state";
+
+/// Default size of the ring buffer in bytes (a power of two, multiple of
+/// the page size): room for 65,536 events.
+pub const DEFAULT_RING_BYTES: u32 = 64 * 1024 * size_of::<ConnEvent>() as u32;
+
+/// `IPPROTO_TCP`.
+pub const IPPROTO_TCP: u16 = 6;
+/// `AF_INET`.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`.
+pub const AF_INET6: u16 = 10;
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    pub const ESTABLISHED: i32 = 1;
+    pub const SYN_SENT: i32 = 2;
+    pub const SYN_RECV: i32 = 3;
+    pub const FIN_WAIT1: i32 = 4;
+    pub const FIN_WAIT2: i32 = 5;
+    pub const TIME_WAIT: i32 = 6;
+    pub const CLOSE: i32 = 7;
+    pub const CLOSE_WAIT: i32 = 8;
+    pub const LAST_ACK: i32 = 9;
+    pub const LISTEN: i32 = 10;
+    pub const CLOSING: i32 = 11;
+    pub const NEW_SYN_RECV: i32 = 12;
+}
+
+/// [`ConnEvent::kind`]: the connection entered ESTABLISHED.
+pub const KIND_OPEN: u8 = 1;
+/// [`ConnEvent::kind`]: the connection left ESTABLISHED.
+pub const KIND_CLOSE: u8 = 2;
+
+/// [`ConnEvent::direction`]: not known (a close event).
+pub const DIRECTION_UNKNOWN: u8 = 0;
+/// [`ConnEvent::direction`]: the remote end connected to us (SYN_RECV -> ESTABLISHED).
+pub const DIRECTION_INBOUND: u8 = 1;
+/// [`ConnEvent::direction`]: we connected to the remote end (SYN_SENT -> ESTABLISHED).
+pub const DIRECTION_OUTBOUND: u8 = 2;
+
+/// What a TCP state transition means to the exporter, or `None` when it does
+/// not matter. Shared by the kernel program (which submits only these) and
+/// the daemon's tests.
+#[must_use]
+#[inline(always)]
+pub const fn classify(oldstate: i32, newstate: i32) -> Option<(u8, u8)> {
+    if newstate == tcp_state::ESTABLISHED {
+        match oldstate {
+            tcp_state::SYN_SENT => Some((KIND_OPEN, DIRECTION_OUTBOUND)),
+            tcp_state::SYN_RECV => Some((KIND_OPEN, DIRECTION_INBOUND)),
+            _ => None,
+        }
+    } else if oldstate == tcp_state::ESTABLISHED {
+        Some((KIND_CLOSE, DIRECTION_UNKNOWN))
+    } else {
+        None
+    }
+}
+
+/// One TCP connection entering or leaving ESTABLISHED.
+///
+/// Addresses are in network byte order; an IPv4 address uses the first four
+/// bytes of its field and leaves the rest zero. Ports are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ConnEvent {
+    /// `bpf_ktime_get_ns()` when the transition happened.
+    pub timestamp_ns: u64,
+    /// Kernel address of the `struct sock`: identifies the socket while it lives.
+    pub sock: u64,
+    /// Local address.
+    pub saddr: [u8; 16],
+    /// Remote address.
+    pub daddr: [u8; 16],
+    /// Local port.
+    pub sport: u16,
+    /// Remote port.
+    pub dport: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// [`KIND_OPEN`] or [`KIND_CLOSE`].
+    pub kind: u8,
+    /// One of the `DIRECTION_*` constants.
+    pub direction: u8,
+    /// TCP state before the transition.
+    pub oldstate: u8,
+    /// TCP state after the transition.
+    pub newstate: u8,
+    pub _pad: [u8; 6],
+}
+
+const _: () = assert!(size_of::<ConnEvent>() == 64);
+
+/// Byte offsets of the fields of the `sock/inet_sock_set_state` record, as
+/// tracefs describes them (`events/sock/inet_sock_set_state/format`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct TracepointLayout {
+    pub skaddr: u16,
+    pub oldstate: u16,
+    pub newstate: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub protocol: u16,
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(size_of::<TracepointLayout>() == 24);
+
+impl TracepointLayout {
+    /// The layout of every kernel since 4.16 (checked on 6.18); the daemon
+    /// still reads the real one from tracefs and refuses to load when a
+    /// field is missing or has another size.
+    pub const DEFAULT: Self = Self {
+        skaddr: 8,
+        oldstate: 16,
+        newstate: 20,
+        sport: 24,
+        dport: 26,
+        family: 28,
+        protocol: 30,
+        saddr: 32,
+        daddr: 36,
+        saddr_v6: 40,
+        daddr_v6: 56,
+        _pad: 0,
+    };
+}
+
+#[cfg(feature = "user")]
+// SAFETY: `TracepointLayout` is `#[repr(C)]`, `Copy`, has no padding and
+// every bit pattern is valid.
+unsafe impl aya::Pod for TracepointLayout {}

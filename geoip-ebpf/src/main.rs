@@ -1,0 +1,121 @@
+//! geoip-exporter's kernel program.
+//!
+//! # Layout
+//! One tracepoint program on `sock/inet_sock_set_state` (the tracepoint inside
+//! `tcp_set_state()`/`inet_sk_state_store()`, kernel 4.16 and later). For every
+//! TCP state change it decides whether the transition matters (entering or
+//! leaving ESTABLISHED, see `geoip_common::classify`), and if so reserves and
+//! submits one `ConnEvent` in the `EVENTS` ring buffer (kernel 5.8 and
+//! later). An event that does not fit is counted in the per-CPU `LOST` array.
+//! Nothing is logged on this path.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{map, tracepoint},
+    maps::{PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use geoip_common::{
+    AF_INET, AF_INET6, ConnEvent, DEFAULT_RING_BYTES, IPPROTO_TCP, TracepointLayout, classify,
+};
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+#[map(name = "LOST")]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Field offsets of the tracepoint record; user space overwrites this with
+/// what tracefs says before loading.
+#[unsafe(no_mangle)]
+static TP_LAYOUT: TracepointLayout = TracepointLayout::DEFAULT;
+
+#[tracepoint]
+fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    if let Err(code) = try_inet_sock_set_state(&ctx) {
+        // Only reached when the record is not what the layout says (never on
+        // a kernel whose tracefs format the daemon checked): worth a line.
+        aya_log_ebpf::error!(&ctx, "geoip: reading inet_sock_set_state failed: {}", code);
+    }
+    0
+}
+
+#[inline(always)]
+fn layout() -> TracepointLayout {
+    // SAFETY: reading a global; volatile so the compiler does not fold the
+    // default value that user space overwrites at load time.
+    unsafe { core::ptr::read_volatile(&raw const TP_LAYOUT) }
+}
+
+#[inline(always)]
+fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
+    let l = layout();
+    // SAFETY (all reads below): `read_at` is `bpf_probe_read_kernel` of the
+    // tracepoint record at offsets tracefs gave for this kernel.
+    let protocol: u16 = unsafe { ctx.read_at(usize::from(l.protocol))? };
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let oldstate: i32 = unsafe { ctx.read_at(usize::from(l.oldstate))? };
+    let newstate: i32 = unsafe { ctx.read_at(usize::from(l.newstate))? };
+    let Some((kind, direction)) = classify(oldstate, newstate) else {
+        return Ok(());
+    };
+    let family: u16 = unsafe { ctx.read_at(usize::from(l.family))? };
+    let (saddr, daddr) = match family {
+        AF_INET => {
+            let s: [u8; 4] = unsafe { ctx.read_at(usize::from(l.saddr))? };
+            let d: [u8; 4] = unsafe { ctx.read_at(usize::from(l.daddr))? };
+            (v4_in_16(s), v4_in_16(d))
+        }
+        AF_INET6 => unsafe {
+            (
+                ctx.read_at::<[u8; 16]>(usize::from(l.saddr_v6))?,
+                ctx.read_at::<[u8; 16]>(usize::from(l.daddr_v6))?,
+            )
+        },
+        _ => return Ok(()),
+    };
+    let event = ConnEvent {
+        // SAFETY: a helper with no preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        sock: unsafe { ctx.read_at(usize::from(l.skaddr))? },
+        saddr,
+        daddr,
+        sport: unsafe { ctx.read_at(usize::from(l.sport))? },
+        dport: unsafe { ctx.read_at(usize::from(l.dport))? },
+        family,
+        kind,
+        direction,
+        // TCP states are 1..=12.
+        oldstate: u8::try_from(oldstate).unwrap_or(u8::MAX),
+        newstate: u8::try_from(newstate).unwrap_or(u8::MAX),
+        _pad: [0; 6],
+    };
+    if let Some(mut slot) = EVENTS.reserve::<ConnEvent>(0) {
+        slot.write(event);
+        slot.submit(0);
+    } else if let Some(lost) = LOST.get_ptr_mut(0) {
+        // SAFETY: the slot belongs to this CPU and the program cannot be
+        // preempted by itself on it.
+        unsafe { *lost += 1 };
+    }
+    Ok(())
+}
+
+#[inline(always)]
+const fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
+    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

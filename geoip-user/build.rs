@@ -1,0 +1,29 @@
+//! Builds the kernel program (`geoip-ebpf`) for the BPF target with the
+//! nightly toolchain and `bpf-linker`, into `OUT_DIR/geoip`, which
+//! `probe.rs` embeds in the binary.
+
+use std::path::Path;
+
+use anyhow::{Context as _, anyhow};
+
+fn main() -> anyhow::Result<()> {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
+    let workspace = Path::new(&manifest_dir)
+        .parent()
+        .ok_or_else(|| anyhow!("{manifest_dir} has no parent directory"))?;
+    let ebpf_dir = workspace.join("geoip-ebpf");
+    let common_dir = workspace.join("geoip-common");
+    println!("cargo:rerun-if-changed={}", common_dir.display());
+    let root_dir = ebpf_dir
+        .to_str()
+        .ok_or_else(|| anyhow!("{} is not UTF-8", ebpf_dir.display()))?;
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "geoip-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::default(),
+    )
+    .context("building the kernel program geoip-ebpf failed; `cargo xtask setup` installs what it needs (nightly rust-src, bpf-linker)")
+}

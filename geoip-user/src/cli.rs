@@ -1,0 +1,199 @@
+//! Command-line flags (dotted, as other Prometheus exporters spell them).
+
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+};
+
+use clap::{Parser, ValueEnum};
+use geoip_common::DEFAULT_RING_BYTES;
+
+use crate::filter::{BUILTIN, Cidr};
+
+/// Where GeoIP database updaters (geoipupdate) usually put a country database.
+pub(crate) const DEFAULT_DATABASE: &str = "/var/lib/GeoIP/GeoLite2-Country.mmdb";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "geoip-exporter",
+    version,
+    about = "Prometheus exporter of where in the world this machine's TCP connections come from and go to.",
+    long_about = "Prometheus exporter of where in the world this machine's TCP connections come from and go to.\n\n\
+        An eBPF program on the tracepoint sock/inet_sock_set_state reports every TCP connection that \
+        becomes or stops being ESTABLISHED; the exporter looks the remote address up in a local \
+        MaxMind-format (mmdb) database and keeps geoip_connections{country,direction} exact. \
+        Needs root, or CAP_BPF and CAP_PERFMON.\n\n\
+        Exit codes: 0 after SIGINT/SIGTERM, 2 for bad flags or input files (database, CIDR, listen \
+        address), 1 for everything else (privileges, kernel, tracefs).",
+    after_help = builtin_help()
+)]
+pub(crate) struct Args {
+    /// MaxMind-format (mmdb) database with country data: GeoLite2/GeoIP2 Country or City, DB-IP lite, ip-location-db, IPinfo lite.
+    #[arg(long = "geoip.database", value_name = "PATH", default_value = DEFAULT_DATABASE)]
+    pub(crate) database: PathBuf,
+
+    /// Address to serve metrics on: IP:PORT, [IPv6]:PORT, or :PORT for every address.
+    #[arg(long = "web.listen-address", value_name = "ADDRESS", default_value = ":9300", value_parser = parse_listen_address)]
+    pub(crate) listen_address: SocketAddr,
+
+    /// Path under which metrics are served.
+    #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics", value_parser = parse_telemetry_path)]
+    pub(crate) telemetry_path: String,
+
+    /// Remote addresses to leave out (your own public ranges, say), besides the built-in ranges below. Repeat the flag or separate with commas.
+    #[arg(long = "exclude", value_name = "CIDR", value_delimiter = ',')]
+    pub(crate) exclude: Vec<Cidr>,
+
+    /// Also export the original tool's job_location{location} gauge (connections by country code, both directions), for dashboards built on sum(job_location) by (location).
+    #[arg(long = "metrics.legacy-job-location")]
+    pub(crate) legacy_job_location: bool,
+
+    /// Size of the kernel ring buffer in bytes (a power of two, at least 4096; 64 bytes an event). Raise it when geoip_exporter_events_lost_total grows.
+    #[arg(long = "kernel.ring-buffer-bytes", value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
+    pub(crate) ring_buffer_bytes: u32,
+
+    /// Check everything (database, listen address, privileges, kernel program, snapshot), print what would be exported, and exit without serving.
+    #[arg(long = "check")]
+    pub(crate) check: bool,
+
+    /// Log level: error, warn, info or debug. Logs go to stderr.
+    #[arg(long = "log.level", value_name = "LEVEL", default_value = "info")]
+    pub(crate) log_level: LogLevel,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+fn builtin_help() -> String {
+    let mut help = String::from("Always excluded (not \"the world\"):\n");
+    for (cidr, why) in BUILTIN {
+        help.push_str(&format!("  {cidr:<20} {why}\n"));
+    }
+    help.push_str("IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) are treated as IPv4.");
+    help
+}
+
+fn parse_listen_address(value: &str) -> Result<SocketAddr, String> {
+    let bad = || {
+        format!(
+            "{value:?} is not IP:PORT, [IPv6]:PORT or :PORT (e.g. :9300, 127.0.0.1:9300, [::1]:9300)"
+        )
+    };
+    if let Some(port) = value.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        return Ok(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
+    }
+    value.parse().map_err(|_| bad())
+}
+
+fn parse_telemetry_path(value: &str) -> Result<String, String> {
+    let ok = value.starts_with('/')
+        && value.len() > 1
+        && !value.contains(['?', '#', '*', '{', '}', ' '])
+        && !["/healthz", "/api"].iter().any(|p| value.starts_with(p));
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "{value:?} is not a usable path: it must start with '/', not be '/', '/healthz' or under '/api', and have no '?', '#', '*', braces or spaces"
+        ))
+    }
+}
+
+fn parse_ring_bytes(value: &str) -> Result<u32, String> {
+    match value.parse::<u32>() {
+        Ok(n) if n >= 4096 && n.is_power_of_two() => Ok(n),
+        _ => Err(format!(
+            "{value:?} is not a power of two between 4096 and 2147483648 (e.g. {DEFAULT_RING_BYTES})"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("geoip-exporter").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.database, PathBuf::from(DEFAULT_DATABASE));
+        assert_eq!(a.listen_address, "[::]:9300".parse().unwrap());
+        assert_eq!(a.telemetry_path, "/metrics");
+        assert!(a.exclude.is_empty());
+        assert!(!a.legacy_job_location);
+        assert_eq!(a.ring_buffer_bytes, DEFAULT_RING_BYTES);
+    }
+
+    #[test]
+    fn every_flag() {
+        let a = parse(&[
+            "--geoip.database=/x.mmdb",
+            "--web.listen-address",
+            "127.0.0.1:9999",
+            "--web.telemetry-path=/m",
+            "--exclude",
+            "203.0.113.0/24,2001:db8::/32",
+            "--exclude=198.51.100.7",
+            "--metrics.legacy-job-location",
+            "--kernel.ring-buffer-bytes=8192",
+            "--log.level=debug",
+            "--check",
+        ])
+        .unwrap();
+        assert_eq!(a.database, PathBuf::from("/x.mmdb"));
+        assert_eq!(a.listen_address, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(a.telemetry_path, "/m");
+        assert_eq!(a.exclude.len(), 3);
+        assert!(a.legacy_job_location && a.check);
+        assert_eq!(a.ring_buffer_bytes, 8192);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors_naming_the_value() {
+        for (args, needle) in [
+            (vec!["--exclude", "10.0.0.0/33"], "10.0.0.0/33"),
+            (vec!["--exclude", "banana"], "banana"),
+            (vec!["--web.listen-address", "localhost"], "\"localhost\""),
+            (vec!["--web.listen-address", ":99999"], ":99999"),
+            (vec!["--web.telemetry-path", "metrics"], "\"metrics\""),
+            (vec!["--web.telemetry-path", "/"], "\"/\""),
+            (vec!["--kernel.ring-buffer-bytes", "5000"], "\"5000\""),
+            (vec!["--log.level", "loud"], "loud"),
+        ] {
+            let err = parse(&args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+            assert!(err.to_string().contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn help_documents_every_flag_and_builtin_range() {
+        let help = {
+            use clap::CommandFactory as _;
+            Args::command().render_long_help().to_string()
+        };
+        for flag in [
+            "--geoip.database",
+            "--web.listen-address",
+            "--web.telemetry-path",
+            "--exclude",
+            "--metrics.legacy-job-location",
+            "--kernel.ring-buffer-bytes",
+            "--check",
+            "--log.level",
+            "100.64.0.0/10",
+            "fc00::/7",
+        ] {
+            assert!(help.contains(flag), "--help lacks {flag}");
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! geoip-exporter: where in the world this machine's TCP connections come
+//! from and go to, as Prometheus metrics.
+//!
+//! # Layout
+//! Data flows one way:
+//! - [`cli`]: flags.
+//! - [`probe`] (with [`tracefs`]): load and attach the kernel program,
+//!   read its ring buffer and lost-event counter.
+//! - [`events`]: decode ring-buffer records.
+//! - [`snapshot`]: connections that existed before start-up (sock_diag).
+//! - [`filter`]: ranges that are not "the world".
+//! - [`table`]: the live connection table; [`geo`] answers its lookups.
+//! - [`metrics`]: the only module that touches prometheus types.
+//! - [`http`]: the router.
+//! - [`app`]: start-up order, tasks, shutdown.
+
+mod app;
+mod cli;
+mod events;
+mod filter;
+mod geo;
+mod http;
+mod metrics;
+mod probe;
+mod snapshot;
+mod table;
+mod tracefs;
+
+use std::{io::IsTerminal as _, process::ExitCode};
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    init_logging(args.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            report(&err);
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(app::run(args, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            report(&err);
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+/// `error: <what>` then one `caused by:` line per underlying cause.
+fn report(err: &dyn std::error::Error) {
+    let mut text = format!("geoip-exporter: error: {err}");
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(&format!("\n  caused by: {cause}"));
+        source = cause.source();
+    }
+    eprintln!("{text}");
+}
+
+fn init_logging(level: cli::LogLevel) {
+    let level = match level {
+        cli::LogLevel::Error => tracing::Level::ERROR,
+        cli::LogLevel::Warn => tracing::Level::WARN,
+        cli::LogLevel::Info => tracing::Level::INFO,
+        cli::LogLevel::Debug => tracing::Level::DEBUG,
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGTERM; stop with SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,332 @@
+//! The exporter's metrics; the only module that touches `prometheus` types.
+//!
+//! Per-country series are created the first time a country is seen and
+//! then updated in place (the handles are cached), so a scrape reads
+//! atomics and never walks the connection table.
+
+use std::collections::HashMap;
+
+use prometheus::{
+    Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    core::{Collector, Desc},
+    proto::MetricFamily,
+};
+
+use crate::{events::Direction, geo::Country};
+
+/// Where the kernel's count of events it could not submit comes from.
+pub(crate) type LostSource = Box<dyn Fn() -> Option<u64> + Send + Sync>;
+
+/// The registry and every metric in it; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    connections: IntGaugeVec,
+    opened: IntCounterVec,
+    closed: IntCounterVec,
+    legacy: Option<IntGaugeVec>,
+    events_read: IntCounterVec,
+    events_undecodable: IntCounter,
+    lookup_errors: IntCounter,
+    tracked: IntGauge,
+    database_build: IntGauge,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help)
+}
+
+impl Metrics {
+    /// Create and register every metric. `legacy_job_location` adds the
+    /// original tool's `job_location{location}` gauge.
+    pub(crate) fn new(legacy_job_location: bool) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let labels = &["country", "direction"];
+        let connections = IntGaugeVec::new(
+            opts(
+                "geoip_connections",
+                "TCP connections now ESTABLISHED, by the remote end's country (ISO 3166-1 alpha-2, or unknown) and who opened them.",
+            ),
+            labels,
+        )?;
+        let opened = IntCounterVec::new(
+            opts(
+                "geoip_connections_opened_total",
+                "TCP connections that entered ESTABLISHED (or were already ESTABLISHED at start-up), by country and direction.",
+            ),
+            labels,
+        )?;
+        let closed = IntCounterVec::new(
+            opts(
+                "geoip_connections_closed_total",
+                "Tracked TCP connections that left ESTABLISHED, by country and direction.",
+            ),
+            labels,
+        )?;
+        let legacy = legacy_job_location
+            .then(|| {
+                IntGaugeVec::new(
+                    opts(
+                        "job_location",
+                        "Compatibility: TCP connections now ESTABLISHED by country code, both directions (the original tool's metric).",
+                    ),
+                    &["location"],
+                )
+            })
+            .transpose()?;
+        let events_read = IntCounterVec::new(
+            opts(
+                "geoip_exporter_events_read_total",
+                "Connection events read from the kernel ring buffer, by kind (open, close).",
+            ),
+            &["kind"],
+        )?;
+        let events_undecodable = IntCounter::with_opts(opts(
+            "geoip_exporter_events_undecodable_total",
+            "Ring buffer records that could not be decoded (a kernel/user-space mismatch).",
+        ))?;
+        let lookup_errors = IntCounter::with_opts(opts(
+            "geoip_exporter_lookup_errors_total",
+            "GeoIP lookups that failed (damaged database record); those connections count as country=\"unknown\".",
+        ))?;
+        let tracked = IntGauge::with_opts(opts(
+            "geoip_exporter_connections_tracked",
+            "Connections in the exporter's live connection table.",
+        ))?;
+        let database_build = IntGauge::with_opts(opts(
+            "geoip_exporter_database_build_timestamp_seconds",
+            "Build time of the GeoIP database in use, as a Unix timestamp.",
+        ))?;
+        let build_info = IntGaugeVec::new(
+            opts(
+                "geoip_exporter_build_info",
+                "A metric with a constant '1' value labeled by the exporter's version.",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for kind in ["open", "close"] {
+            events_read.with_label_values(&[kind]);
+        }
+
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(opened.clone()))?;
+        registry.register(Box::new(closed.clone()))?;
+        if let Some(legacy) = &legacy {
+            registry.register(Box::new(legacy.clone()))?;
+        }
+        registry.register(Box::new(events_read.clone()))?;
+        registry.register(Box::new(events_undecodable.clone()))?;
+        registry.register(Box::new(lookup_errors.clone()))?;
+        registry.register(Box::new(tracked.clone()))?;
+        registry.register(Box::new(database_build.clone()))?;
+        registry.register(Box::new(build_info))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(Self {
+            registry,
+            connections,
+            opened,
+            closed,
+            legacy,
+            events_read,
+            events_undecodable,
+            lookup_errors,
+            tracked,
+            database_build,
+        })
+    }
+
+    /// Export the kernel's lost-event count, read at each scrape.
+    pub(crate) fn register_lost_events(&self, source: LostSource) -> Result<(), prometheus::Error> {
+        let counter = IntCounter::with_opts(opts(
+            "geoip_exporter_events_lost_total",
+            "Connection events the kernel program could not submit because the ring buffer was full; counts drift until the connections close. Raise --kernel.ring-buffer-bytes.",
+        ))?;
+        self.registry
+            .register(Box::new(LostEvents { counter, source }))
+    }
+
+    pub(crate) fn set_database_build(&self, epoch: u64) {
+        self.database_build
+            .set(i64::try_from(epoch).unwrap_or(i64::MAX));
+    }
+
+    /// The whole registry in the text exposition format.
+    pub(crate) fn render(&self) -> Result<String, prometheus::Error> {
+        let families = self.registry.gather();
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&families, &mut out)?;
+        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+
+    /// A fresh recorder for the one task that updates connection metrics.
+    pub(crate) fn recorder(&self) -> Recorder {
+        Recorder {
+            metrics: self.clone(),
+            series: HashMap::new(),
+            locations: HashMap::new(),
+            events_open: self.events_read.with_label_values(&["open"]),
+            events_close: self.events_read.with_label_values(&["close"]),
+        }
+    }
+}
+
+/// Reads the kernel's per-CPU lost counter at collection time.
+struct LostEvents {
+    counter: IntCounter,
+    source: LostSource,
+}
+
+impl Collector for LostEvents {
+    fn desc(&self) -> Vec<&Desc> {
+        self.counter.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        if let Some(total) = (self.source)() {
+            let seen = self.counter.get();
+            if total > seen {
+                self.counter.inc_by(total - seen);
+            }
+        }
+        self.counter.collect()
+    }
+}
+
+/// The series of one (country, direction).
+struct Series {
+    connections: IntGauge,
+    opened: IntCounter,
+    closed: IntCounter,
+}
+
+/// Updates connection metrics with cached handles; owned by the tracker.
+pub(crate) struct Recorder {
+    metrics: Metrics,
+    series: HashMap<(Country, Direction), Series>,
+    locations: HashMap<Country, IntGauge>,
+    events_open: IntCounter,
+    events_close: IntCounter,
+}
+
+impl Recorder {
+    fn series(&mut self, country: Country, direction: Direction) -> &Series {
+        let m = &self.metrics;
+        self.series.entry((country, direction)).or_insert_with(|| {
+            let labels = [country.as_str(), direction.as_str()];
+            Series {
+                connections: m.connections.with_label_values(&labels),
+                opened: m.opened.with_label_values(&labels),
+                closed: m.closed.with_label_values(&labels),
+            }
+        })
+    }
+
+    fn location(&mut self, country: Country, delta: i64) {
+        if let Some(legacy) = &self.metrics.legacy {
+            self.locations
+                .entry(country)
+                .or_insert_with(|| legacy.with_label_values(&[country.as_str()]))
+                .add(delta);
+        }
+    }
+
+    /// A connection to or from `country` is now tracked.
+    pub(crate) fn opened(&mut self, country: Country, direction: Direction) {
+        let s = self.series(country, direction);
+        s.connections.inc();
+        s.opened.inc();
+        self.location(country, 1);
+        self.metrics.tracked.inc();
+    }
+
+    /// A tracked connection closed.
+    pub(crate) fn closed(&mut self, country: Country, direction: Direction) {
+        let s = self.series(country, direction);
+        s.connections.dec();
+        s.closed.inc();
+        self.location(country, -1);
+        self.metrics.tracked.dec();
+    }
+
+    pub(crate) fn event_read(&self, open: bool) {
+        if open {
+            self.events_open.inc();
+        } else {
+            self.events_close.inc();
+        }
+    }
+
+    pub(crate) fn undecodable(&self) {
+        self.metrics.events_undecodable.inc();
+    }
+
+    pub(crate) fn lookup_error(&self) {
+        self.metrics.lookup_errors.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn de() -> Country {
+        Country::from_code("DE")
+    }
+
+    #[test]
+    fn series_follow_opens_and_closes() {
+        let m = Metrics::new(true).unwrap();
+        let mut r = m.recorder();
+        r.opened(de(), Direction::Inbound);
+        r.opened(de(), Direction::Inbound);
+        r.opened(de(), Direction::Outbound);
+        r.opened(Country::UNKNOWN, Direction::Outbound);
+        r.closed(de(), Direction::Inbound);
+        let text = m.render().unwrap();
+        for line in [
+            "geoip_connections{country=\"DE\",direction=\"inbound\"} 1",
+            "geoip_connections{country=\"DE\",direction=\"outbound\"} 1",
+            "geoip_connections{country=\"unknown\",direction=\"outbound\"} 1",
+            "geoip_connections_opened_total{country=\"DE\",direction=\"inbound\"} 2",
+            "geoip_connections_closed_total{country=\"DE\",direction=\"inbound\"} 1",
+            "geoip_connections_closed_total{country=\"DE\",direction=\"outbound\"} 0",
+            "job_location{location=\"DE\"} 2",
+            "job_location{location=\"unknown\"} 1",
+            "geoip_exporter_connections_tracked 3",
+            "geoip_exporter_events_read_total{kind=\"open\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn legacy_gauge_is_optional_and_lost_events_are_read_at_scrape() {
+        let m = Metrics::new(false).unwrap();
+        let lost = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let source = lost.clone();
+        m.register_lost_events(Box::new(move || {
+            Some(source.load(std::sync::atomic::Ordering::Relaxed))
+        }))
+        .unwrap();
+        assert!(
+            m.render()
+                .unwrap()
+                .contains("geoip_exporter_events_lost_total 0\n")
+        );
+        lost.store(7, std::sync::atomic::Ordering::Relaxed);
+        let text = m.render().unwrap();
+        assert!(
+            text.contains("geoip_exporter_events_lost_total 7\n"),
+            "{text}"
+        );
+        assert!(!text.contains("job_location"));
+    }
+}

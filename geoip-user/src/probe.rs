@@ -1,0 +1,237 @@
+//! The kernel side seen from user space: check privileges, load the
+//! embedded eBPF object with this kernel's tracepoint layout, attach it,
+//! then read its ring buffer and lost-event counter.
+//!
+//! Preparing (reading tracefs, checking capabilities) is kept apart from
+//! loading so that every check that needs no kernel change runs first.
+
+use std::io;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use geoip_common::{
+    EVENTS_MAP, LAYOUT_GLOBAL, LOST_MAP, PROGRAM, TRACEPOINT_CATEGORY, TRACEPOINT_NAME,
+    TracepointLayout,
+};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::{
+    events::{DecodeError, Event, decode},
+    tracefs::{self, TracefsError},
+};
+
+/// The kernel program, built by `build.rs` with aya-build.
+static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/geoip"));
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProbeError {
+    #[error(
+        "not permitted to load eBPF programs: missing {missing}; run as root, or grant CAP_BPF and CAP_PERFMON (e.g. AmbientCapabilities= in the systemd unit)"
+    )]
+    Capabilities { missing: String },
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error(
+        "loading the kernel program failed; it needs Linux 5.8 or later with BTF (/sys/kernel/btf/vmlinux) and BPF ring buffers, and CAP_BPF+CAP_PERFMON"
+    )]
+    Load(#[source] aya::EbpfError),
+    #[error(
+        "the embedded kernel object has no {what} named {name}; the binary is broken, rebuild it"
+    )]
+    Missing {
+        what: &'static str,
+        name: &'static str,
+    },
+    #[error(
+        "attaching to tracepoint {TRACEPOINT_CATEGORY}/{TRACEPOINT_NAME} failed; is tracefs mounted and the kernel 4.16 or later?"
+    )]
+    Attach(#[source] aya::programs::ProgramError),
+    #[error("opening map {name} failed")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("cannot poll the ring buffer")]
+    Poll(#[source] io::Error),
+}
+
+/// Effective capabilities of this process (`CapEff` in /proc/self/status).
+fn effective_capabilities() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Fail early, with what is missing, when the process cannot load the
+/// program: CAP_SYS_ADMIN, or CAP_BPF and CAP_PERFMON.
+pub(crate) fn check_capabilities() -> Result<(), ProbeError> {
+    let Some(caps) = effective_capabilities() else {
+        // Cannot tell: let the kernel decide and report.
+        return Ok(());
+    };
+    let has = |cap: u32| caps & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(cap, _)| !has(*cap))
+        .map(|(_, name)| name)
+        .collect();
+    Err(ProbeError::Capabilities {
+        missing: missing.join(" and "),
+    })
+}
+
+/// What has to be right before anything is loaded into the kernel.
+pub(crate) struct Prepared {
+    layout: TracepointLayout,
+    ring_bytes: u32,
+}
+
+/// Check privileges and read this kernel's tracepoint layout.
+pub(crate) fn prepare(ring_bytes: u32) -> Result<Prepared, ProbeError> {
+    check_capabilities()?;
+    let layout = tracefs::read_layout()?;
+    Ok(Prepared { layout, ring_bytes })
+}
+
+/// The loaded and attached program; dropping it detaches it.
+pub(crate) struct Probe {
+    /// Keeps the program and its link alive.
+    _ebpf: Ebpf,
+    /// The kernel program's log lines (aya-log), if it has any.
+    pub(crate) logger: Option<aya_log::EbpfLogger<TracingLog>>,
+    pub(crate) events: EventReader,
+    pub(crate) lost: PerCpuArray<MapData, u64>,
+}
+
+impl Prepared {
+    /// Load the program with the layout, attach it and open its maps.
+    pub(crate) fn load_and_attach(self) -> Result<Probe, ProbeError> {
+        let mut ebpf = EbpfLoader::new()
+            .override_global(LAYOUT_GLOBAL, &self.layout, true)
+            .map_max_entries(EVENTS_MAP, self.ring_bytes)
+            .load(PROGRAM_OBJECT)
+            .map_err(ProbeError::Load)?;
+        let logger = match aya_log::EbpfLogger::init_with_logger(&mut ebpf, TracingLog) {
+            Ok(logger) => Some(logger),
+            Err(err) => {
+                tracing::debug!(error = %err, "kernel program logging not available");
+                None
+            }
+        };
+        let program: &mut TracePoint = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(ProbeError::Missing {
+                what: "program",
+                name: PROGRAM,
+            })?
+            .try_into()
+            .map_err(ProbeError::Attach)?;
+        program.load().map_err(ProbeError::Attach)?;
+        program
+            .attach(TRACEPOINT_CATEGORY, TRACEPOINT_NAME)
+            .map_err(ProbeError::Attach)?;
+        let ring = take_map(&mut ebpf, EVENTS_MAP, RingBuf::try_from)?;
+        let lost = take_map(&mut ebpf, LOST_MAP, PerCpuArray::try_from)?;
+        let events = EventReader {
+            // SAFETY: the ring buffer owns its descriptor and neither
+            // replaces nor closes it while the AsyncFd holds it.
+            ring: unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+                .map_err(|e| ProbeError::Poll(e.into_parts().1))?,
+        };
+        Ok(Probe {
+            _ebpf: ebpf,
+            logger,
+            events,
+            lost,
+        })
+    }
+}
+
+fn take_map<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>,
+) -> Result<T, ProbeError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(ProbeError::Missing { what: "map", name })?;
+    convert(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+/// Sum of the per-CPU counts of events the program could not submit.
+pub(crate) fn lost_events(lost: &PerCpuArray<MapData, u64>) -> Option<u64> {
+    lost.get(&0, 0).ok().map(|per_cpu| per_cpu.iter().sum())
+}
+
+/// Most records handed on in one batch.
+const BATCH: usize = 4096;
+
+/// Reads the ring buffer as it fills.
+pub(crate) struct EventReader {
+    ring: AsyncFd<RingBuf<MapData>>,
+}
+
+impl EventReader {
+    /// Wait for records, then decode up to [`BATCH`] of them into `out`.
+    pub(crate) async fn read_batch(
+        &mut self,
+        out: &mut Vec<Result<Event, DecodeError>>,
+    ) -> io::Result<()> {
+        loop {
+            let mut guard = self.ring.readable_mut().await?;
+            let ring = guard.get_inner_mut();
+            let drained = loop {
+                if out.len() >= BATCH {
+                    break false;
+                }
+                match ring.next() {
+                    Some(item) => out.push(decode(&item)),
+                    None => break true,
+                }
+            };
+            if drained {
+                // Wait for the next wake-up; otherwise come back at once.
+                guard.clear_ready();
+            }
+            if !out.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Forwards the kernel program's aya-log lines to `tracing`.
+pub(crate) struct TracingLog;
+
+impl log::Log for TracingLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let msg = record.args();
+        match record.level() {
+            log::Level::Error => tracing::error!(target: "kernel", "{msg}"),
+            log::Level::Warn => tracing::warn!(target: "kernel", "{msg}"),
+            log::Level::Info => tracing::info!(target: "kernel", "{msg}"),
+            log::Level::Debug => tracing::debug!(target: "kernel", "{msg}"),
+            log::Level::Trace => tracing::trace!(target: "kernel", "{msg}"),
+        }
+    }
+
+    fn flush(&self) {}
+}

@@ -1,0 +1,341 @@
+//! The TCP connections ESTABLISHED when the exporter starts, from the
+//! kernel's netlink sock_diag interface (`NETLINK_SOCK_DIAG`,
+//! `SOCK_DIAG_BY_FAMILY` with `inet_diag_req_v2`, kernel 3.3 and later).
+//!
+//! sock_diag answers for the exporter's own network namespace. Listening
+//! sockets come in the same dump: a connection whose local port is a
+//! listening port was accepted (inbound), any other was made (outbound).
+
+use std::{
+    collections::HashSet,
+    io,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+use bytemuck::{Pod, Zeroable};
+use geoip_common::{AF_INET, AF_INET6, IPPROTO_TCP, tcp_state};
+
+use crate::{
+    events::{ConnKey, Direction},
+    filter::canonical,
+};
+
+const NETLINK_SOCK_DIAG: i32 = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_DUMP: u16 = 0x300;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct NlMsgHdr {
+    len: u32,
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    pid: u32,
+}
+
+/// `struct inet_diag_sockid`: ports and addresses in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct InetDiagSockId {
+    sport: [u8; 2],
+    dport: [u8; 2],
+    src: [u8; 16],
+    dst: [u8; 16],
+    interface: u32,
+    cookie: [u32; 2],
+}
+
+/// `struct inet_diag_req_v2`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct InetDiagReqV2 {
+    family: u8,
+    protocol: u8,
+    ext: u8,
+    pad: u8,
+    states: u32,
+    id: InetDiagSockId,
+}
+
+/// `struct inet_diag_msg`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct InetDiagMsg {
+    family: u8,
+    state: u8,
+    timer: u8,
+    retrans: u8,
+    id: InetDiagSockId,
+    expires: u32,
+    rqueue: u32,
+    wqueue: u32,
+    uid: u32,
+    inode: u32,
+}
+
+const _: () = assert!(size_of::<NlMsgHdr>() == 16);
+const _: () = assert!(size_of::<InetDiagReqV2>() == 56);
+const _: () = assert!(size_of::<InetDiagMsg>() == 72);
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SnapshotError {
+    #[error("cannot open a NETLINK_SOCK_DIAG socket (kernel without CONFIG_INET_DIAG?)")]
+    Socket(#[source] io::Error),
+    #[error("sock_diag dump of {family} sockets failed")]
+    Io {
+        family: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("sock_diag dump of {family} sockets: malformed reply ({what})")]
+    Malformed {
+        family: &'static str,
+        what: &'static str,
+    },
+}
+
+/// One socket of the dump.
+#[derive(Clone, Copy, Debug)]
+struct DiagSocket {
+    state: u8,
+    key: ConnKey,
+}
+
+/// ESTABLISHED TCP connections of this network namespace (IPv4 and IPv6)
+/// with their derived direction.
+pub(crate) fn established() -> Result<Vec<(ConnKey, Direction)>, SnapshotError> {
+    let mut sockets = dump(AF_INET, "IPv4")?;
+    sockets.extend(dump(AF_INET6, "IPv6")?);
+    Ok(classify(&sockets))
+}
+
+fn classify(sockets: &[DiagSocket]) -> Vec<(ConnKey, Direction)> {
+    let listening: HashSet<u16> = sockets
+        .iter()
+        .filter(|s| i32::from(s.state) == tcp_state::LISTEN)
+        .map(|s| s.key.local_port)
+        .collect();
+    sockets
+        .iter()
+        .filter(|s| i32::from(s.state) == tcp_state::ESTABLISHED)
+        .map(|s| {
+            let direction = if listening.contains(&s.key.local_port) {
+                Direction::Inbound
+            } else {
+                Direction::Outbound
+            };
+            (s.key, direction)
+        })
+        .collect()
+}
+
+fn dump(family: u16, name: &'static str) -> Result<Vec<DiagSocket>, SnapshotError> {
+    let io_err = |source| SnapshotError::Io {
+        family: name,
+        source,
+    };
+    let malformed = |what| SnapshotError::Malformed { family: name, what };
+
+    // SAFETY: plain socket(2); the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(SnapshotError::Socket(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct Request {
+        hdr: NlMsgHdr,
+        req: InetDiagReqV2,
+    }
+    let request = Request {
+        hdr: NlMsgHdr {
+            len: u32::try_from(size_of::<Request>()).unwrap_or(u32::MAX),
+            kind: SOCK_DIAG_BY_FAMILY,
+            flags: NLM_F_REQUEST | NLM_F_DUMP,
+            seq: 1,
+            pid: 0,
+        },
+        req: InetDiagReqV2 {
+            family: u8::try_from(family).unwrap_or(0),
+            protocol: u8::try_from(IPPROTO_TCP).unwrap_or(0),
+            ext: 0,
+            pad: 0,
+            states: (1 << tcp_state::ESTABLISHED) | (1 << tcp_state::LISTEN),
+            id: InetDiagSockId::zeroed(),
+        },
+    };
+    let bytes = bytemuck::bytes_of(&request);
+    // SAFETY: `sockaddr_nl` is plain data; all-zero is the kernel's address.
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = u16::try_from(libc::AF_NETLINK).unwrap_or(0);
+    // SAFETY: the buffer and address are valid for the lengths given.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            0,
+            (&raw const kernel).cast(),
+            u32::try_from(size_of::<libc::sockaddr_nl>()).unwrap_or(0),
+        )
+    };
+    if sent < 0 {
+        return Err(io_err(io::Error::last_os_error()));
+    }
+
+    let mut sockets = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = match usize::try_from(n) {
+            Ok(n) => n,
+            Err(_) => {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(io_err(err));
+            }
+        };
+        if n == 0 {
+            return Err(malformed("the kernel closed the dump before NLMSG_DONE"));
+        }
+        let mut rest = &buf[..n];
+        while rest.len() >= size_of::<NlMsgHdr>() {
+            let hdr: NlMsgHdr = bytemuck::pod_read_unaligned(&rest[..size_of::<NlMsgHdr>()]);
+            let len = usize::try_from(hdr.len).unwrap_or(usize::MAX);
+            if len < size_of::<NlMsgHdr>() || len > rest.len() {
+                return Err(malformed("message length out of bounds"));
+            }
+            let payload = &rest[size_of::<NlMsgHdr>()..len];
+            match hdr.kind {
+                NLMSG_DONE => return Ok(sockets),
+                NLMSG_ERROR => {
+                    let code = payload
+                        .get(..4)
+                        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                    return Err(io_err(io::Error::from_raw_os_error(-code)));
+                }
+                SOCK_DIAG_BY_FAMILY => {
+                    let msg = payload
+                        .get(..size_of::<InetDiagMsg>())
+                        .ok_or_else(|| malformed("short inet_diag_msg"))?;
+                    let msg: InetDiagMsg = bytemuck::pod_read_unaligned(msg);
+                    if let Some(key) = key_of(&msg) {
+                        sockets.push(DiagSocket {
+                            state: msg.state,
+                            key,
+                        });
+                    }
+                }
+                _ => {}
+            }
+            // Messages are 4-byte aligned.
+            let next = len.next_multiple_of(4).min(rest.len());
+            rest = &rest[next..];
+        }
+    }
+}
+
+fn key_of(msg: &InetDiagMsg) -> Option<ConnKey> {
+    let addr = |b: &[u8; 16]| match u16::from(msg.family) {
+        AF_INET => Some(canonical(Ipv4Addr::new(b[0], b[1], b[2], b[3]).into())),
+        AF_INET6 => Some(canonical(Ipv6Addr::from(*b).into())),
+        _ => None,
+    };
+    Some(ConnKey {
+        local: addr(&msg.id.src)?,
+        remote: addr(&msg.id.dst)?,
+        local_port: u16::from_be_bytes(msg.id.sport),
+        remote_port: u16::from_be_bytes(msg.id.dport),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+    use crate::filter::ip;
+
+    /// Real sockets on loopback, seen through the real kernel interface.
+    #[test]
+    fn sees_established_loopback_connections_both_families() {
+        let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let v6 = TcpListener::bind("[::1]:0").unwrap();
+        let mut c4 = TcpStream::connect(v4.local_addr().unwrap()).unwrap();
+        let c6 = TcpStream::connect(v6.local_addr().unwrap()).unwrap();
+        let (mut s4, _) = v4.accept().unwrap();
+        let (_s6, _) = v6.accept().unwrap();
+        c4.write_all(b"x").unwrap();
+        let mut b = [0; 1];
+        s4.read_exact(&mut b).unwrap();
+
+        let conns = established().unwrap();
+        let find = |local: std::net::SocketAddr, remote: std::net::SocketAddr| {
+            conns.iter().find(|(k, _)| {
+                k.local == canonical(local.ip())
+                    && k.local_port == local.port()
+                    && k.remote == canonical(remote.ip())
+                    && k.remote_port == remote.port()
+            })
+        };
+        let out4 = find(c4.local_addr().unwrap(), c4.peer_addr().unwrap()).unwrap();
+        assert_eq!(out4.1, Direction::Outbound);
+        let in4 = find(s4.local_addr().unwrap(), s4.peer_addr().unwrap()).unwrap();
+        assert_eq!(in4.1, Direction::Inbound);
+        let out6 = find(c6.local_addr().unwrap(), c6.peer_addr().unwrap()).unwrap();
+        assert_eq!(out6.1, Direction::Outbound);
+        assert_eq!(out6.0.remote, ip("::1"));
+    }
+
+    #[test]
+    fn direction_comes_from_listening_ports() {
+        let k = |lp, rp| ConnKey {
+            local: ip("192.0.2.1"),
+            remote: ip("198.51.100.1"),
+            local_port: lp,
+            remote_port: rp,
+        };
+        let sockets = [
+            DiagSocket {
+                state: 10,
+                key: k(443, 0),
+            },
+            DiagSocket {
+                state: 1,
+                key: k(443, 50000),
+            },
+            DiagSocket {
+                state: 1,
+                key: k(50001, 443),
+            },
+        ];
+        let got = classify(&sockets);
+        assert_eq!(
+            got,
+            vec![
+                (k(443, 50000), Direction::Inbound),
+                (k(50001, 443), Direction::Outbound)
+            ]
+        );
+    }
+}
