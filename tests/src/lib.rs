@@ -1,1 +1,11 @@
+//! Support for geoip-exporter's end-to-end tests (in `tests/`), which run
+//! as root against the real kernel:
+//! - [`mmdb`]: writes MaxMind DB files, so the tests make their own databases;
+//! - [`netns`]: test hosts with public-looking addresses in a network
+//!   namespace the test creates;
+//! - [`exporter`]: runs the real binary and reads its `/metrics`.
+
+pub mod exporter;
+pub mod fixtures;
 pub mod mmdb;
+pub mod netns;

@@ -1,0 +1,213 @@
+//! Running the real `geoip-exporter` binary and reading its `/metrics`.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+/// The binary under test: `$GEOIP_EXPORTER_BIN` (set by `cargo xtask
+/// test`), else the workspace's release build.
+pub fn bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("GEOIP_EXPORTER_BIN") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/geoip-exporter")
+}
+
+/// A fresh directory for one test's files.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("geoip-e2e-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    dir
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// Run the binary to completion (bounded to 30 s) and return its output.
+pub fn run_to_exit(args: &[&str]) -> Output {
+    run_command_to_exit(Command::new(bin()).args(args))
+}
+
+/// Run `cmd` to completion, killing it after 30 s.
+pub fn run_command_to_exit(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} did not exit within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+/// A running exporter on 127.0.0.1; killed on drop if still running.
+pub struct Exporter {
+    child: Child,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Exporter {
+    /// Start the binary with `args` plus a listen address of its own, and
+    /// wait until it serves `/metrics` (it serves only once the start-up
+    /// snapshot is merged).
+    pub fn start(dir: &Path, args: &[&str]) -> Self {
+        let port = free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let log = dir.join(format!("exporter-{port}.log"));
+        let log_file = fs::File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        let child = Command::new(bin())
+            .args(args)
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin().display()));
+        let mut exporter = Self { child, addr, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = exporter.child.try_wait() {
+                panic!(
+                    "exporter exited with {status} at start-up:\n{}",
+                    exporter.log()
+                );
+            }
+            if exporter.get("/metrics").is_ok() {
+                return exporter;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "exporter not serving after 30 s:\n{}",
+                exporter.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What the exporter logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET `path`: (status code, body).
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(self.addr, path)
+    }
+
+    /// The current `/metrics` text.
+    pub fn scrape(&self) -> String {
+        match self.get("/metrics") {
+            Ok((200, body)) => body,
+            other => panic!("scrape failed: {other:?}\n{}", self.log()),
+        }
+    }
+
+    /// Scrape until `want` holds for the samples (up to 10 s); return the
+    /// last samples either way, so the caller's assertion shows the diff.
+    pub fn wait_for(&self, want: impl Fn(&Samples) -> bool) -> Samples {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let samples = parse(&self.scrape());
+            if want(&samples) || Instant::now() > deadline {
+                return samples;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Send `signal` and wait (up to 10 s) for the exit status.
+    pub fn stop(mut self, signal: i32) -> ExitStatus {
+        let pid = i32::try_from(self.child.id()).unwrap_or(0);
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(pid, signal) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "exporter ignored signal {signal}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET (no client library needed for loopback).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no end of headers"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+    Ok((status, body.to_owned()))
+}
+
+/// Samples by `name{labels}` exactly as exposed.
+pub type Samples = BTreeMap<String, f64>;
+
+/// Parse the text exposition format (no timestamps, as this exporter writes it).
+pub fn parse(text: &str) -> Samples {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The samples of metric `name` (labels only as key), zeros dropped.
+pub fn nonzero(samples: &Samples, name: &str) -> BTreeMap<String, f64> {
+    samples
+        .iter()
+        .filter_map(|(k, v)| {
+            let labels = k.strip_prefix(name)?;
+            (labels.starts_with('{') && *v != 0.0).then(|| (labels.to_owned(), *v))
+        })
+        .collect()
+}
+
+/// The label set `{country="..",direction=".."}` as exposed.
+pub fn cd(country: &str, direction: &str) -> String {
+    format!("{{country=\"{country}\",direction=\"{direction}\"}}")
+}

@@ -1,0 +1,75 @@
+//! The test hosts' addresses and the database that maps them.
+
+use std::path::Path;
+
+use crate::mmdb::{Value, Writer};
+
+pub const DE_V4: &str = "192.0.2.10";
+pub const DE_V6: &str = "2001:db8:de::10";
+pub const JP_V4: &str = "198.51.100.20";
+pub const JP_V6: &str = "2001:db8:a::20";
+pub const BR_V4: &str = "203.0.113.30";
+pub const BR_V6: &str = "2001:db8:b::30";
+/// In a range the database has, with no country in its record.
+pub const NO_COUNTRY_V4: &str = "192.0.2.200";
+/// In no range the database has.
+pub const NOT_IN_DB_V6: &str = "2001:db8:ff::1";
+/// Mapped to BR, but inside [`EXCLUDED`].
+pub const EXCLUDED_V4: &str = "203.0.113.200";
+/// What the tests pass to `--exclude`.
+pub const EXCLUDED: &str = "203.0.113.128/25";
+
+/// Every test host address.
+pub const ALL: &[&str] = &[
+    DE_V4,
+    DE_V6,
+    JP_V4,
+    JP_V6,
+    BR_V4,
+    BR_V6,
+    NO_COUNTRY_V4,
+    NOT_IN_DB_V6,
+    EXCLUDED_V4,
+];
+
+fn country(code: &str, name: &str) -> Value {
+    Value::map([
+        ("iso_code", Value::str(code)),
+        ("names", Value::map([("en", Value::str(name))])),
+    ])
+}
+
+/// A GeoLite2-Country-style record.
+fn record(code: &str, name: &str) -> Value {
+    Value::map([
+        ("continent", Value::map([("code", Value::str("XX"))])),
+        ("country", country(code, name)),
+        ("registered_country", country(code, name)),
+    ])
+}
+
+/// Write the test database (GeoLite2-Country layout, IPv6 tree with the
+/// IPv4 space) to `path`.
+pub fn write_database(path: &Path) {
+    let mut w = Writer::new("GeoLite2-Country", 6).build_epoch(1_750_000_000);
+    let de = record("DE", "Germany");
+    let jp = record("JP", "Japan");
+    let br = record("BR", "Brazil");
+    for (net, value) in [
+        ("192.0.2.0/25", &de),
+        (
+            "192.0.2.128/25",
+            &Value::map([("continent", Value::map([("code", Value::str("EU"))]))]),
+        ),
+        ("198.51.100.0/24", &jp),
+        ("203.0.113.0/24", &br),
+        ("2001:db8:de::/48", &de),
+        ("2001:db8:a::/48", &jp),
+        ("2001:db8:b::/48", &br),
+    ] {
+        w.insert(net, value.clone())
+            .unwrap_or_else(|e| panic!("{net}: {e}"));
+    }
+    w.write(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}

@@ -1,0 +1,268 @@
+//! End to end, as root, against the real kernel: real TCP connections to
+//! and from test hosts in a network namespace, counted by the real
+//! exporter, read from its real `/metrics`.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+};
+
+use geoip_tests::{
+    exporter::{Exporter, Samples, cd, nonzero, temp_dir},
+    fixtures::*,
+    netns::{HOST_V4, HOST_V6, PEER_V4, PEER_V6, Server, TestNet},
+};
+use maxminddb as _;
+use serde as _;
+
+const SERVICE_PORT: u16 = 8443;
+
+fn sock(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse::<IpAddr>().expect("test address"), port)
+}
+
+/// The host's own listener (on its end of the link) for inbound connections.
+fn host_listener() -> (Server, u16) {
+    let v4 = TcpListener::bind(sock(HOST_V4, 0)).expect("bind host v4");
+    let port = v4.local_addr().expect("port").port();
+    let v6 = TcpListener::bind(sock(HOST_V6, port)).expect("bind host v6");
+    for l in [&v4, &v6] {
+        l.set_nonblocking(true).expect("nonblocking");
+    }
+    (Server::start(vec![v4, v6]), port)
+}
+
+fn expect(pairs: &[(&str, &str, f64)]) -> BTreeMap<String, f64> {
+    pairs
+        .iter()
+        .filter(|(_, _, v)| *v != 0.0)
+        .map(|(c, d, v)| (cd(c, d), *v))
+        .collect()
+}
+
+fn show(samples: &Samples, name: &str) -> String {
+    format!("{:#?}", nonzero(samples, name))
+}
+
+/// Connections made or accepted by the host while the exporter runs.
+struct Conns {
+    out: Vec<TcpStream>,
+    inbound: Vec<TcpStream>,
+}
+
+#[test]
+fn counts_live_connections_by_country_and_direction() {
+    let dir = temp_dir("counts");
+    let db = dir.join("test.mmdb");
+    write_database(&db);
+    let net = TestNet::create("e2e", ALL);
+    let remote = net.serve(SERVICE_PORT);
+    let (local, host_port) = host_listener();
+    let host_v4 = sock(HOST_V4, host_port);
+    let host_v6 = sock(HOST_V6, host_port);
+
+    // Before the exporter starts: one outbound DE (closed later), one
+    // inbound JP and one outbound BR over IPv6 (kept).
+    let pre_out_de = net.connect_to(sock(DE_V4, SERVICE_PORT));
+    let pre_in_jp_client = net.connect_from(JP_V4, host_v4);
+    let pre_in_jp = local.take(pre_in_jp_client.local_addr().expect("addr"));
+    let pre_out_br6 = net.connect_to(sock(BR_V6, SERVICE_PORT));
+
+    let exporter = Exporter::start(
+        &dir,
+        &[
+            "--geoip.database",
+            db.to_str().expect("utf-8 path"),
+            "--exclude",
+            EXCLUDED,
+            "--metrics.legacy-job-location",
+        ],
+    );
+    let at_start = exporter.wait_for(|_| true);
+    assert_eq!(
+        nonzero(&at_start, "geoip_connections"),
+        expect(&[
+            ("DE", "outbound", 1.0),
+            ("JP", "inbound", 1.0),
+            ("BR", "outbound", 1.0)
+        ]),
+        "connections ESTABLISHED before start-up are counted from the first scrape:\n{}",
+        exporter.log()
+    );
+
+    let mut c = Conns {
+        out: Vec::new(),
+        inbound: Vec::new(),
+    };
+    for target in [
+        DE_V4,
+        DE_V4,
+        DE_V6,
+        JP_V4,
+        BR_V6,
+        BR_V6,
+        NO_COUNTRY_V4,
+        NOT_IN_DB_V6,
+        EXCLUDED_V4,
+    ] {
+        c.out.push(net.connect_to(sock(target, SERVICE_PORT)));
+    }
+    for (source, target) in [
+        (BR_V4, host_v4),
+        (JP_V6, host_v6),
+        (DE_V4, host_v4),
+        (DE_V4, host_v4),
+        (EXCLUDED_V4, host_v4),
+    ] {
+        let client = net.connect_from(source, target);
+        let accepted = local.take(client.local_addr().expect("client addr"));
+        c.inbound.push(accepted);
+        c.out.push(client); // held open; its events are the namespace's (private peer)
+    }
+    // Never counted: loopback (IPv4, IPv6) and private/ULA peers.
+    let lo4 = TcpListener::bind("127.0.0.1:0").expect("lo4");
+    let lo6 = TcpListener::bind("[::1]:0").expect("lo6");
+    let mut uncounted = vec![
+        TcpStream::connect(lo4.local_addr().expect("lo4")).expect("lo4 connect"),
+        TcpStream::connect(lo6.local_addr().expect("lo6")).expect("lo6 connect"),
+        net.connect_to(sock(PEER_V4, SERVICE_PORT)),
+        net.connect_to(sock(PEER_V6, SERVICE_PORT)),
+    ];
+    uncounted.push(lo4.accept().expect("lo4 accept").0);
+    uncounted.push(lo6.accept().expect("lo6 accept").0);
+
+    let open = expect(&[
+        ("DE", "outbound", 4.0),
+        ("DE", "inbound", 2.0),
+        ("JP", "outbound", 1.0),
+        ("JP", "inbound", 2.0),
+        ("BR", "outbound", 3.0),
+        ("BR", "inbound", 1.0),
+        ("unknown", "outbound", 2.0),
+    ]);
+    let s = exporter.wait_for(|s| nonzero(s, "geoip_connections") == open);
+    assert_eq!(
+        nonzero(&s, "geoip_connections"),
+        open,
+        "every series, exactly, with connections open"
+    );
+    assert_eq!(s["geoip_exporter_connections_tracked"], 15.0);
+
+    // Close: the pre-start DE outbound, one DE outbound, the BR inbound,
+    // the JP IPv6 inbound, the unknown IPv6 outbound; and every uncounted
+    // and excluded one (which must change nothing).
+    drop(pre_out_de);
+    drop(c.out.remove(0)); // DE_V4
+    drop(c.out.remove(6)); // NOT_IN_DB_V6 (index after the removal above)
+    drop(c.inbound.remove(0)); // BR_V4 inbound
+    drop(c.inbound.remove(0)); // JP_V6 inbound
+    drop(uncounted);
+    let closed = expect(&[
+        ("DE", "outbound", 2.0),
+        ("DE", "inbound", 2.0),
+        ("JP", "outbound", 1.0),
+        ("JP", "inbound", 1.0),
+        ("BR", "outbound", 3.0),
+        ("unknown", "outbound", 1.0),
+    ]);
+    let s = exporter.wait_for(|s| nonzero(s, "geoip_connections") == closed);
+    assert_eq!(
+        nonzero(&s, "geoip_connections"),
+        closed,
+        "every series after closes; log:\n{}",
+        exporter.log()
+    );
+    assert_eq!(
+        s[&format!("geoip_connections{}", cd("BR", "inbound"))],
+        0.0,
+        "a closed country stays exported at 0"
+    );
+    assert_eq!(
+        nonzero(&s, "geoip_connections_opened_total"),
+        expect(&[
+            ("DE", "outbound", 4.0),
+            ("DE", "inbound", 2.0),
+            ("JP", "outbound", 1.0),
+            ("JP", "inbound", 2.0),
+            ("BR", "outbound", 3.0),
+            ("BR", "inbound", 1.0),
+            ("unknown", "outbound", 2.0),
+        ]),
+        "opened counters: {}",
+        show(&s, "geoip_connections_opened_total")
+    );
+    assert_eq!(
+        nonzero(&s, "geoip_connections_closed_total"),
+        expect(&[
+            ("DE", "outbound", 2.0),
+            ("JP", "inbound", 1.0),
+            ("BR", "inbound", 1.0),
+            ("unknown", "outbound", 1.0),
+        ]),
+        "closed counters"
+    );
+    let legacy: BTreeMap<String, f64> = [("BR", 3.0), ("DE", 4.0), ("JP", 2.0), ("unknown", 1.0)]
+        .iter()
+        .map(|(c, v)| (format!("{{location=\"{c}\"}}"), *v))
+        .collect();
+    assert_eq!(nonzero(&s, "job_location"), legacy, "job_location");
+    assert_eq!(s["geoip_exporter_connections_tracked"], 10.0);
+    assert_eq!(s["geoip_exporter_events_lost_total"], 0.0);
+    assert_eq!(s["geoip_exporter_events_undecodable_total"], 0.0);
+    assert_eq!(s["geoip_exporter_lookup_errors_total"], 0.0);
+    assert_eq!(
+        s["geoip_exporter_database_build_timestamp_seconds"],
+        1_750_000_000.0
+    );
+    assert!(remote.held() >= 10, "the namespace's server holds its ends");
+
+    let status = exporter.stop(libc::SIGTERM);
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+    drop((pre_in_jp, pre_in_jp_client, pre_out_br6, c));
+}
+
+/// The families of `/metrics` and their types: the metric contract.
+#[test]
+fn exposes_the_metric_contract() {
+    let dir = temp_dir("contract");
+    let db = dir.join("test.mmdb");
+    write_database(&db);
+    let exporter = Exporter::start(&dir, &["--geoip.database", db.to_str().expect("utf-8")]);
+    let text = exporter.scrape();
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter(|l| !l.starts_with("process_"))
+        .collect();
+    assert_eq!(
+        families,
+        [
+            "geoip_exporter_build_info gauge",
+            "geoip_exporter_connections_tracked gauge",
+            "geoip_exporter_database_build_timestamp_seconds gauge",
+            "geoip_exporter_events_lost_total counter",
+            "geoip_exporter_events_read_total counter",
+            "geoip_exporter_events_undecodable_total counter",
+            "geoip_exporter_lookup_errors_total counter",
+        ],
+        "families before any connection (the per-country ones appear with their first country)"
+    );
+    assert!(text.contains("geoip_exporter_events_read_total{kind=\"open\"} "));
+    assert!(text.contains("process_resident_memory_bytes "));
+    assert!(
+        !text.contains("job_location"),
+        "legacy gauge only on request"
+    );
+    let (status, body) = exporter.get("/").expect("landing page");
+    assert_eq!(status, 200);
+    assert!(body.contains("href=\"/metrics\""));
+    assert_eq!(
+        exporter.get("/healthz").expect("healthz"),
+        (200, "ok\n".to_owned())
+    );
+    assert_eq!(
+        exporter.stop(libc::SIGINT).code(),
+        Some(0),
+        "SIGINT exits 0"
+    );
+}
