@@ -27,8 +27,8 @@ pub const TRACEPOINT_CATEGORY: &str = "sock";
 pub const TRACEPOINT_NAME: &str = "inet_sock_set_state";
 
 /// Default size of the ring buffer in bytes (a power of two, multiple of
-/// the page size): room for 65,536 events.
-pub const DEFAULT_RING_BYTES: u32 = 64 * 1024 * size_of::<ConnEvent>() as u32;
+/// the page size): 4 MiB, room for 65,536 events.
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 
 /// `IPPROTO_TCP`.
 pub const IPPROTO_TCP: u16 = 6;
@@ -60,16 +60,16 @@ pub const KIND_CLOSE: u8 = 2;
 
 /// [`ConnEvent::direction`]: not known (a close event).
 pub const DIRECTION_UNKNOWN: u8 = 0;
-/// [`ConnEvent::direction`]: the remote end connected to us (SYN_RECV -> ESTABLISHED).
+/// [`ConnEvent::direction`]: the remote end connected to us (`SYN_RECV` -> `ESTABLISHED`).
 pub const DIRECTION_INBOUND: u8 = 1;
-/// [`ConnEvent::direction`]: we connected to the remote end (SYN_SENT -> ESTABLISHED).
+/// [`ConnEvent::direction`]: we connected to the remote end (`SYN_SENT` -> `ESTABLISHED`).
 pub const DIRECTION_OUTBOUND: u8 = 2;
 
 /// What a TCP state transition means to the exporter, or `None` when it does
 /// not matter. Shared by the kernel program (which submits only these) and
 /// the daemon's tests.
 #[must_use]
-#[inline(always)]
+#[inline]
 pub const fn classify(oldstate: i32, newstate: i32) -> Option<(u8, u8)> {
     if newstate == tcp_state::ESTABLISHED {
         match oldstate {
@@ -91,6 +91,10 @@ pub const fn classify(oldstate: i32, newstate: i32) -> Option<(u8, u8)> {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+#[expect(
+    clippy::pub_underscore_fields,
+    reason = "explicit padding, always zero"
+)]
 pub struct ConnEvent {
     /// `bpf_ktime_get_ns()` when the transition happened.
     pub timestamp_ns: u64,
@@ -118,12 +122,17 @@ pub struct ConnEvent {
 }
 
 const _: () = assert!(size_of::<ConnEvent>() == 64);
+const _: () = assert!(DEFAULT_RING_BYTES as usize / size_of::<ConnEvent>() == 65_536);
 
 /// Byte offsets of the fields of the `sock/inet_sock_set_state` record, as
 /// tracefs describes them (`events/sock/inet_sock_set_state/format`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+#[expect(
+    clippy::pub_underscore_fields,
+    reason = "explicit padding, always zero"
+)]
 pub struct TracepointLayout {
     pub skaddr: u16,
     pub oldstate: u16,

@@ -1,6 +1,7 @@
 //! Command-line flags (dotted, as other Prometheus exporters spell them).
 
 use std::{
+    fmt::Write as _,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     path::PathBuf,
 };
@@ -10,10 +11,14 @@ use geoip_common::DEFAULT_RING_BYTES;
 
 use crate::filter::{BUILTIN, Cidr};
 
-/// Where GeoIP database updaters (geoipupdate) usually put a country database.
+/// Where GeoIP database updaters (`geoipupdate`) usually put a country database.
 pub(crate) const DEFAULT_DATABASE: &str = "/var/lib/GeoIP/GeoLite2-Country.mmdb";
 
 #[derive(Debug, Parser)]
+#[expect(
+    clippy::doc_markdown,
+    reason = "doc comments are the --help text, read as plain text"
+)]
 #[command(
     name = "geoip-exporter",
     version,
@@ -72,7 +77,7 @@ pub(crate) enum LogLevel {
 fn builtin_help() -> String {
     let mut help = String::from("Always excluded (not \"the world\"):\n");
     for (cidr, why) in BUILTIN {
-        help.push_str(&format!("  {cidr:<20} {why}\n"));
+        let _ = writeln!(help, "  {cidr:<20} {why}");
     }
     help.push_str("IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) are treated as IPv4.");
     help

@@ -30,7 +30,7 @@ impl Direction {
 /// A TCP connection's identity: local and remote address (canonical form,
 /// see [`canonical`]) and port. Unique among ESTABLISHED sockets of one
 /// network namespace, and the same whether it came from the kernel program
-/// or from sock_diag.
+/// or from `sock_diag`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct ConnKey {
     pub(crate) local: u128,

@@ -303,7 +303,7 @@ mod tests {
         ])
     }
 
-    /// GeoLite2/GeoIP2 Country: continent, country, registered_country.
+    /// GeoLite2/GeoIP2 Country: continent, country, `registered_country`.
     fn geolite2_country(code: &str) -> Value {
         Value::map([
             (
@@ -428,7 +428,8 @@ mod tests {
     #[test]
     fn every_layout_gives_the_country() {
         let dir = tempdir("layouts");
-        let layouts: Vec<(&str, fn(&str) -> Value)> = vec![
+        type Layout = fn(&str) -> Value;
+        let layouts: Vec<(&str, Layout)> = vec![
             ("GeoLite2-Country", geolite2_country),
             ("GeoIP2-City", geolite2_city),
             ("DBIP-Country-Lite", |c| dbip(c, false)),

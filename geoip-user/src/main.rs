@@ -3,11 +3,11 @@
 //!
 //! # Layout
 //! Data flows one way:
-//! - [`cli`]: flags.
+//! - [`cli`]: the flags.
 //! - [`probe`] (with [`tracefs`]): load and attach the kernel program,
 //!   read its ring buffer and lost-event counter.
 //! - [`events`]: decode ring-buffer records.
-//! - [`snapshot`]: connections that existed before start-up (sock_diag).
+//! - [`snapshot`]: connections that existed before start-up (`sock_diag`).
 //! - [`filter`]: ranges that are not "the world".
 //! - [`table`]: the live connection table; [`geo`] answers its lookups.
 //! - [`metrics`]: the only module that touches prometheus types.
@@ -58,7 +58,8 @@ fn report(err: &dyn std::error::Error) {
     let mut text = format!("geoip-exporter: error: {err}");
     let mut source = err.source();
     while let Some(cause) = source {
-        text.push_str(&format!("\n  caused by: {cause}"));
+        text.push_str("\n  caused by: ");
+        text.push_str(&cause.to_string());
         source = cause.source();
     }
     eprintln!("{text}");

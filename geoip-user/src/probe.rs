@@ -74,7 +74,7 @@ fn effective_capabilities() -> Option<u64> {
 }
 
 /// Fail early, with what is missing, when the process cannot load the
-/// program: CAP_SYS_ADMIN, or CAP_BPF and CAP_PERFMON.
+/// program: `CAP_SYS_ADMIN`, or `CAP_BPF` and `CAP_PERFMON`.
 pub(crate) fn check_capabilities() -> Result<(), ProbeError> {
     let Some(caps) = effective_capabilities() else {
         // Cannot tell: let the kernel decide and report.

@@ -1,8 +1,8 @@
 //! The TCP connections ESTABLISHED when the exporter starts, from the
-//! kernel's netlink sock_diag interface (`NETLINK_SOCK_DIAG`,
+//! kernel's netlink `sock_diag` interface (`NETLINK_SOCK_DIAG`,
 //! `SOCK_DIAG_BY_FAMILY` with `inet_diag_req_v2`, kernel 3.3 and later).
 //!
-//! sock_diag answers for the exporter's own network namespace. Listening
+//! `sock_diag` answers for the exporter's own network namespace. Listening
 //! sockets come in the same dump: a connection whose local port is a
 //! listening port was accepted (inbound), any other was made (outbound).
 
@@ -134,13 +134,25 @@ fn classify(sockets: &[DiagSocket]) -> Vec<(ConnKey, Direction)> {
         .collect()
 }
 
+/// A dump request: header and `inet_diag_req_v2`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Request {
+    hdr: NlMsgHdr,
+    req: InetDiagReqV2,
+}
+
 fn dump(family: u16, name: &'static str) -> Result<Vec<DiagSocket>, SnapshotError> {
-    let io_err = |source| SnapshotError::Io {
+    let fd = request(family).map_err(|source| SnapshotError::Io {
         family: name,
         source,
-    };
-    let malformed = |what| SnapshotError::Malformed { family: name, what };
+    })?;
+    read_replies(&fd, name)
+}
 
+/// Open a sock_diag socket and ask for the family's TCP sockets that are
+/// ESTABLISHED or listening.
+fn request(family: u16) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the result is checked before use.
     let fd = unsafe {
         libc::socket(
@@ -150,17 +162,10 @@ fn dump(family: u16, name: &'static str) -> Result<Vec<DiagSocket>, SnapshotErro
         )
     };
     if fd < 0 {
-        return Err(SnapshotError::Socket(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: `fd` is a fresh descriptor we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-
-    #[repr(C)]
-    #[derive(Clone, Copy, Pod, Zeroable)]
-    struct Request {
-        hdr: NlMsgHdr,
-        req: InetDiagReqV2,
-    }
     let request = Request {
         hdr: NlMsgHdr {
             len: u32::try_from(size_of::<Request>()).unwrap_or(u32::MAX),
@@ -194,23 +199,29 @@ fn dump(family: u16, name: &'static str) -> Result<Vec<DiagSocket>, SnapshotErro
         )
     };
     if sent < 0 {
-        return Err(io_err(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
+    Ok(fd)
+}
 
+/// Read the dump's messages up to `NLMSG_DONE`.
+fn read_replies(fd: &OwnedFd, name: &'static str) -> Result<Vec<DiagSocket>, SnapshotError> {
+    let io_err = |source| SnapshotError::Io {
+        family: name,
+        source,
+    };
+    let malformed = |what| SnapshotError::Malformed { family: name, what };
     let mut sockets = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: `buf` is valid for writes of its length.
         let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        let n = match usize::try_from(n) {
-            Ok(n) => n,
-            Err(_) => {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(io_err(err));
+        let Ok(n) = usize::try_from(n) else {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
             }
+            return Err(io_err(err));
         };
         if n == 0 {
             return Err(malformed("the kernel closed the dump before NLMSG_DONE"));

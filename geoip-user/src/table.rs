@@ -117,7 +117,7 @@ impl Tracker {
     }
 
     /// Merge the connections that were ESTABLISHED at start-up (from
-    /// sock_diag, taken after the kernel program was attached) with the
+    /// `sock_diag`, taken after the kernel program was attached) with the
     /// events buffered meanwhile, so that each connection counts once:
     /// a buffered open gives the true direction of a snapshot connection;
     /// then the snapshot is inserted; then the buffered events are applied
@@ -213,11 +213,11 @@ mod tests {
     fn open_close_counts_once() {
         let (mut t, m) = tracker(&[]);
         let a = key("192.0.2.1", 443, 50000);
-        let b = key("192.0.2.2", 443, 50001);
-        let c = key("2001:db8:1::5", 22, 50002);
+        let de2 = key("192.0.2.2", 443, 50001);
+        let br = key("2001:db8:1::5", 22, 50002);
         assert_eq!(t.apply(&open(a, Direction::Outbound)), Outcome::Opened);
-        assert_eq!(t.apply(&open(b, Direction::Outbound)), Outcome::Opened);
-        assert_eq!(t.apply(&open(c, Direction::Inbound)), Outcome::Opened);
+        assert_eq!(t.apply(&open(de2, Direction::Outbound)), Outcome::Opened);
+        assert_eq!(t.apply(&open(br, Direction::Inbound)), Outcome::Opened);
         assert_eq!(conns(&m, "DE", "outbound"), 2);
         assert_eq!(conns(&m, "BR", "inbound"), 1);
         assert_eq!(t.apply(&close(a)), Outcome::Closed);

@@ -91,7 +91,7 @@ pub(crate) fn parse_layout(text: &str, path: &Path) -> Result<TracepointLayout, 
     })
 }
 
-/// `field:__u8 saddr[4];	offset:32;	size:4;	signed:0;` -> ("saddr", 32, 4)
+/// Parses `field:__u8 saddr[4]; offset:32; size:4; signed:0;` (tab-separated) into `("saddr", 32, 4)`.
 fn parse_field(line: &str) -> Option<(&str, u16, u16)> {
     let mut parts = line.trim().split(';').map(str::trim);
     let decl = parts.next()?.strip_prefix("field:")?;

@@ -31,8 +31,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+        .map_or_else(|e| panic!("no free port: {e}"), |a| a.port())
 }
 
 /// Run the binary to completion (bounded to 30 s) and return its output.

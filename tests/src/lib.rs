@@ -1,9 +1,16 @@
 //! Support for geoip-exporter's end-to-end tests (in `tests/`), which run
 //! as root against the real kernel:
-//! - [`mmdb`]: writes MaxMind DB files, so the tests make their own databases;
+//! - [`mmdb`]: writes `MaxMind` DB files, so the tests make their own databases;
 //! - [`netns`]: test hosts with public-looking addresses in a network
 //!   namespace the test creates;
 //! - [`exporter`]: runs the real binary and reads its `/metrics`.
+
+#![expect(
+    clippy::missing_panics_doc,
+    clippy::must_use_candidate,
+    clippy::missing_errors_doc,
+    reason = "test support: a panic is how it reports a failed test"
+)]
 
 pub mod exporter;
 pub mod fixtures;

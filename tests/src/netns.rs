@@ -248,7 +248,7 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     let len = match addr {
         SocketAddr::V4(a) => {
             let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap_or_default(),
                 sin_port: a.port().to_be(),
                 sin_addr: libc::in_addr {
                     s_addr: u32::from_ne_bytes(a.ip().octets()),
@@ -261,7 +261,7 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
         }
         SocketAddr::V6(a) => {
             let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_family: libc::sa_family_t::try_from(libc::AF_INET6).unwrap_or_default(),
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: 0,
                 sin6_addr: libc::in6_addr {
@@ -285,7 +285,7 @@ pub struct Server {
 }
 
 /// The longest a test server runs, whatever the test does.
-const SERVER_LIFETIME: Duration = Duration::from_secs(300);
+const SERVER_LIFETIME: Duration = Duration::from_mins(5);
 /// The most connections a test server accepts.
 const SERVER_MAX_ACCEPTS: usize = 10_000;
 
@@ -346,7 +346,7 @@ impl Server {
 
     /// How many connections are held.
     pub fn held(&self) -> usize {
-        self.accepted.lock().map(|v| v.len()).unwrap_or(0)
+        self.accepted.lock().map_or(0, |v| v.len())
     }
 }
 

@@ -1,6 +1,7 @@
 //! End to end, as root, against the real kernel: real TCP connections to
 //! and from test hosts in a network namespace, counted by the real
 //! exporter, read from its real `/metrics`.
+#![expect(clippy::float_cmp, reason = "sample values are integers, compared exactly")]
 
 use std::{
     collections::BTreeMap,
@@ -51,6 +52,7 @@ struct Conns {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn counts_live_connections_by_country_and_direction() {
     let dir = temp_dir("counts");
     let db = dir.join("test.mmdb");

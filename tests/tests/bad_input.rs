@@ -1,0 +1,286 @@
+//! Bad input and a bad environment: a clear message naming the value and
+//! what to do, the documented exit code, and nothing left half-started.
+
+use std::{
+    fs,
+    net::TcpListener,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use geoip_tests::{
+    exporter::{bin, free_port, run_command_to_exit, run_to_exit, temp_dir},
+    fixtures::write_database,
+    mmdb::{Value, Writer},
+};
+use libc as _;
+use maxminddb as _;
+use serde as _;
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Assert the exit code and that stderr contains every `needle`.
+fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "exit code; stderr:\n{err}");
+    for needle in needles {
+        assert!(err.contains(needle), "stderr lacks {needle:?}:\n{err}");
+    }
+}
+
+fn good_db(dir: &Path) -> PathBuf {
+    let db = dir.join("good.mmdb");
+    write_database(&db);
+    db
+}
+
+fn listen_arg() -> String {
+    format!("--web.listen-address=127.0.0.1:{}", free_port())
+}
+
+fn run_db(db: &Path) -> Output {
+    run_to_exit(&[
+        "--geoip.database",
+        db.to_str().expect("utf-8"),
+        &listen_arg(),
+    ])
+}
+
+#[test]
+fn database_problems_are_usage_errors_naming_the_file() {
+    let dir = temp_dir("bad-db");
+    let missing = dir.join("missing.mmdb");
+    assert_fails(
+        &run_db(&missing),
+        2,
+        &[
+            missing.to_str().expect("utf-8"),
+            "no such file",
+            "--geoip.database",
+            "cargo xtask fetch-db",
+        ],
+    );
+
+    // A directory cannot be read as a file.
+    assert_fails(
+        &run_db(&dir),
+        2,
+        &["cannot read GeoIP database", dir.to_str().expect("utf-8")],
+    );
+
+    let empty = dir.join("empty.mmdb");
+    fs::write(&empty, b"").expect("write");
+    assert_fails(&run_db(&empty), 2, &["empty.mmdb is empty (0 bytes)"]);
+
+    let text = dir.join("notes.mmdb");
+    fs::write(&text, "not a database\n".repeat(100)).expect("write");
+    assert_fails(
+        &run_db(&text),
+        2,
+        &[
+            "notes.mmdb is not a MaxMind DB (.mmdb) file or is damaged",
+            "caused by:",
+        ],
+    );
+
+    let good = fs::read(good_db(&dir)).expect("read");
+    let truncated = dir.join("truncated.mmdb");
+    fs::write(&truncated, &good[..good.len() * 2 / 3]).expect("write");
+    assert_fails(
+        &run_db(&truncated),
+        2,
+        &["truncated.mmdb is not a MaxMind DB"],
+    );
+
+    let mut asn = Writer::new("GeoLite2-ASN", 6);
+    for (i, net) in ["192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32"]
+        .iter()
+        .enumerate()
+    {
+        asn.insert(
+            net,
+            Value::map([
+                (
+                    "autonomous_system_number",
+                    Value::U32(64_500 + u32::try_from(i).expect("small")),
+                ),
+                (
+                    "autonomous_system_organization",
+                    Value::str("Example Networks"),
+                ),
+            ]),
+        )
+        .expect("insert");
+    }
+    let asn_path = dir.join("GeoLite2-ASN.mmdb");
+    asn.write(&asn_path).expect("write");
+    assert_fails(
+        &run_db(&asn_path),
+        2,
+        &[
+            "GeoLite2-ASN.mmdb (type \"GeoLite2-ASN\") has no country data",
+            "Country or City database",
+        ],
+    );
+}
+
+#[test]
+fn bad_flags_are_usage_errors_naming_the_value() {
+    let dir = temp_dir("bad-flags");
+    let db = good_db(&dir);
+    let db = db.to_str().expect("utf-8");
+    for (flags, needle) in [
+        (
+            vec!["--exclude", "203.0.113.0/33"],
+            "invalid CIDR \"203.0.113.0/33\": prefix length 33",
+        ),
+        (
+            vec!["--exclude", "203.0.113.1/24"],
+            "did you mean 203.0.113.0/24?",
+        ),
+        (
+            vec!["--exclude", "example.com"],
+            "invalid CIDR \"example.com\"",
+        ),
+        (
+            vec!["--web.listen-address", "localhost:9300"],
+            "\"localhost:9300\" is not IP:PORT",
+        ),
+        (
+            vec!["--web.telemetry-path", "metrics"],
+            "\"metrics\" is not a usable path",
+        ),
+        (
+            vec!["--kernel.ring-buffer-bytes", "1000"],
+            "\"1000\" is not a power of two",
+        ),
+        (
+            vec!["--no-such-flag"],
+            "unexpected argument '--no-such-flag'",
+        ),
+    ] {
+        let mut args = vec!["--geoip.database", db];
+        args.extend(&flags);
+        assert_fails(&run_to_exit(&args), 2, &[needle]);
+    }
+}
+
+#[test]
+fn address_in_use_is_a_usage_error_before_anything_is_loaded() {
+    let dir = temp_dir("in-use");
+    let db = good_db(&dir);
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let out = run_to_exit(&[
+        "--geoip.database",
+        db.to_str().expect("utf-8"),
+        "--web.listen-address",
+        &addr.to_string(),
+    ]);
+    assert_fails(
+        &out,
+        2,
+        &[
+            &format!("cannot listen on {addr}: address already in use"),
+            "--web.listen-address",
+        ],
+    );
+    assert!(
+        !stderr(&out).contains("kernel program attached"),
+        "nothing is loaded into the kernel before the listen address is known to work"
+    );
+}
+
+/// Copy the binary and database where an unprivileged user can read them.
+fn world_readable(dir: &Path) -> (PathBuf, PathBuf) {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let exe = dir.join("geoip-exporter");
+    fs::copy(bin(), &exe).expect("copy binary");
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).expect("chmod exe");
+    let db = good_db(dir);
+    fs::set_permissions(&db, fs::Permissions::from_mode(0o644)).expect("chmod db");
+    (exe, db)
+}
+
+#[test]
+fn without_privileges_it_says_which_capabilities_are_missing() {
+    let dir = temp_dir("unprivileged");
+    let (exe, db) = world_readable(&dir);
+    let out = run_command_to_exit(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(&exe)
+            .args([
+                "--geoip.database",
+                db.to_str().expect("utf-8"),
+                &listen_arg(),
+            ]),
+    );
+    assert_fails(
+        &out,
+        1,
+        &[
+            "not permitted to load eBPF programs: missing CAP_BPF and CAP_PERFMON",
+            "run as root",
+        ],
+    );
+}
+
+#[test]
+fn without_tracefs_it_says_how_to_mount_it() {
+    let dir = temp_dir("no-tracefs");
+    let db = good_db(&dir);
+    // A private mount namespace where tracefs (and debugfs) are unmounted.
+    let script = format!(
+        "for m in /sys/kernel/tracing /sys/kernel/debug/tracing /sys/kernel/debug; do \
+           umount -l $m 2>/dev/null; done; exec {} --geoip.database {} {}",
+        bin().display(),
+        db.display(),
+        listen_arg()
+    );
+    let out = run_command_to_exit(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(script),
+    );
+    assert_fails(
+        &out,
+        1,
+        &[
+            "tracefs is not mounted",
+            "mount -t tracefs tracefs /sys/kernel/tracing",
+        ],
+    );
+    assert!(
+        Path::new("/sys/kernel/tracing/events").is_dir(),
+        "the test's own mount namespace still has tracefs"
+    );
+}
+
+#[test]
+fn check_mode_attaches_reports_and_exits() {
+    let dir = temp_dir("check");
+    let db = good_db(&dir);
+    let out = run_to_exit(&[
+        "--check",
+        "--geoip.database",
+        db.to_str().expect("utf-8"),
+        &listen_arg(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(&out));
+    assert!(stdout.contains("# check passed: database"), "{stdout}");
+    assert!(stdout.contains("kernel program attached"), "{stdout}");
+    assert!(
+        stdout.contains("geoip_exporter_build_info{version="),
+        "{stdout}"
+    );
+}
