@@ -84,9 +84,7 @@ const _: () = assert!(size_of::<InetDiagMsg>() == 72);
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SnapshotError {
-    #[error("cannot open a NETLINK_SOCK_DIAG socket (kernel without CONFIG_INET_DIAG?)")]
-    Socket(#[source] io::Error),
-    #[error("sock_diag dump of {family} sockets failed")]
+    #[error("sock_diag dump of {family} TCP sockets failed (a kernel without CONFIG_INET_DIAG?)")]
     Io {
         family: &'static str,
         #[source]
@@ -150,7 +148,7 @@ fn dump(family: u16, name: &'static str) -> Result<Vec<DiagSocket>, SnapshotErro
     read_replies(&fd, name)
 }
 
-/// Open a sock_diag socket and ask for the family's TCP sockets that are
+/// Open a `sock_diag` socket and ask for the family's TCP sockets that are
 /// ESTABLISHED or listening.
 fn request(family: u16) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the result is checked before use.
