@@ -425,10 +425,11 @@ mod tests {
             .to_owned()
     }
 
+    type Layout = fn(&str) -> Value;
+
     #[test]
     fn every_layout_gives_the_country() {
         let dir = tempdir("layouts");
-        type Layout = fn(&str) -> Value;
         let layouts: Vec<(&str, Layout)> = vec![
             ("GeoLite2-Country", geolite2_country),
             ("GeoIP2-City", geolite2_city),

@@ -1,7 +1,10 @@
 //! End to end, as root, against the real kernel: real TCP connections to
 //! and from test hosts in a network namespace, counted by the real
 //! exporter, read from its real `/metrics`.
-#![expect(clippy::float_cmp, reason = "sample values are integers, compared exactly")]
+#![expect(
+    clippy::float_cmp,
+    reason = "sample values are integers, compared exactly"
+)]
 
 use std::{
     collections::BTreeMap,
