@@ -504,7 +504,6 @@ fn fill(nodes: &mut [[Record; 2]], record: Record, id: usize, prefix: u8) -> Rec
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 mod tests {
     use std::{collections::BTreeMap, net::IpAddr};
 
