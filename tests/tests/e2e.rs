@@ -12,7 +12,7 @@ use std::{
 };
 
 use geoip_tests::{
-    exporter::{Exporter, Samples, cd, nonzero, temp_dir},
+    exporter::{Exporter, Samples, cd, nonzero, promtool_check_metrics, temp_dir},
     fixtures::*,
     netns::{HOST_V4, HOST_V6, PEER_V4, PEER_V6, Server, TestNet},
 };
@@ -152,6 +152,11 @@ fn counts_live_connections_by_country_and_direction() {
         "every series, exactly, with connections open"
     );
     assert_eq!(s["geoip_exporter_connections_tracked"], 15.0);
+    assert_eq!(
+        promtool_check_metrics(&exporter.scrape()),
+        "",
+        "promtool check metrics on the live output"
+    );
 
     // Close: the pre-start DE outbound, one DE outbound, the BR inbound,
     // the JP IPv6 inbound, the unknown IPv6 outbound; and every uncounted

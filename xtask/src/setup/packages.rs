@@ -37,6 +37,11 @@ const PACKAGES: &[DebPackage] = &[
         why: "`ps`, `sysctl`",
     },
     DebPackage {
+        name: "prometheus",
+        unless_on_path: None,
+        why: "`promtool check metrics` on the live /metrics, and a real Prometheus server",
+    },
+    DebPackage {
         name: "nodejs",
         unless_on_path: Some("npm"),
         why: "the npm client that `cargo xtask fetch-db` uses",
