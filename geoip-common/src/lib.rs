@@ -20,6 +20,11 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const LOST_MAP: &str = "LOST";
 /// Name of the global holding the [`TracepointLayout`].
 pub const LAYOUT_GLOBAL: &str = "TP_LAYOUT";
+/// Name of the global (`u64`): wake user space up only once this many
+/// bytes wait in the ring buffer; user space also drains it on a timer.
+pub const WAKEUP_GLOBAL: &str = "WAKEUP_BYTES";
+/// Default of [`WAKEUP_GLOBAL`]: 64 events.
+pub const DEFAULT_WAKEUP_BYTES: u64 = 64 * size_of::<ConnEvent>() as u64;
 /// Name of the tracepoint program.
 pub const PROGRAM: &str = "inet_sock_set_state";
 /// Tracepoint category and name the program attaches to.

@@ -12,13 +12,15 @@
 #![no_main]
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_ktime_get_ns,
     macros::{map, tracepoint},
     maps::{PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use geoip_common::{
-    AF_INET, AF_INET6, ConnEvent, DEFAULT_RING_BYTES, IPPROTO_TCP, TracepointLayout, classify,
+    AF_INET, AF_INET6, ConnEvent, DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES, IPPROTO_TCP,
+    TracepointLayout, classify,
 };
 
 #[map(name = "EVENTS")]
@@ -31,6 +33,11 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// what tracefs says before loading.
 #[unsafe(no_mangle)]
 static TP_LAYOUT: TracepointLayout = TracepointLayout::DEFAULT;
+
+/// Wake user space only when this many bytes wait (it also drains the
+/// ring on a short timer): one wake-up per batch, not per event.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = DEFAULT_WAKEUP_BYTES;
 
 #[tracepoint]
 fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -96,7 +103,14 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     };
     if let Some(mut slot) = EVENTS.reserve::<ConnEvent>(0) {
         slot.write(event);
-        slot.submit(0);
+        // SAFETY: reading a global that user space sets before loading.
+        let wakeup_bytes = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
+        let flags = if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= wakeup_bytes {
+            BPF_RB_FORCE_WAKEUP
+        } else {
+            BPF_RB_NO_WAKEUP
+        };
+        slot.submit(flags.into());
     } else if let Some(lost) = LOST.get_ptr_mut(0) {
         // SAFETY: the slot belongs to this CPU and the program cannot be
         // preempted by itself on it.

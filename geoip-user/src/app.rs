@@ -10,12 +10,11 @@ use std::{future::Future, io, net::SocketAddr, sync::atomic::Ordering};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     net::TcpListener,
-    sync::mpsc,
 };
 
 use crate::{
     cli::Args,
-    events::{DecodeError, Event},
+    events::{ConnKey, DecodeError, Direction, Event},
     filter::Exclusions,
     geo::{Geo, OpenError},
     http::{AppState, router},
@@ -65,7 +64,7 @@ impl AppError {
     }
 }
 
-/// Batches of decoded records on their way from the ring buffer to the table.
+/// Decoded ring-buffer records.
 type Batch = Vec<Result<Event, DecodeError>>;
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
@@ -110,20 +109,18 @@ pub(crate) async fn run(
         forward_kernel_logs(logger);
     }
 
-    let (tx, mut rx) = mpsc::channel::<Batch>(256);
-    let reader = tokio::spawn(read_events(probe.events, tx, state.clone()));
-
     // Attached first, so nothing that opens from now on is missed; the
-    // merge counts what is in both the snapshot and the buffer once.
-    let existing = tokio::task::spawn_blocking(snapshot::established).await??;
-    let mut pending = Vec::new();
-    while let Ok(batch) = rx.try_recv() {
-        pending.extend(batch);
-    }
-    let (events, undecodable): (Vec<_>, Vec<_>) = pending.into_iter().partition(Result::is_ok);
-    let events: Vec<Event> = events.into_iter().flatten().collect();
-    for _ in &undecodable {
-        tracker.recorder().undecodable();
+    // ring buffer is drained while sock_diag enumerates what exists, and
+    // the merge counts what is in both once.
+    let mut reader = probe.events;
+    let snapshot = tokio::task::spawn_blocking(snapshot::established);
+    let (existing, pending) = buffer_until(&mut reader, snapshot).await?;
+    let mut events = Vec::with_capacity(pending.len());
+    for record in pending {
+        match record {
+            Ok(event) => events.push(event),
+            Err(_) => tracker.recorder().undecodable(),
+        }
     }
     let existing_count = existing.len();
     tracker.merge_startup(existing, &events);
@@ -135,7 +132,6 @@ pub(crate) async fn run(
     );
 
     if args.check {
-        reader.abort();
         print!("{}", metrics.render()?);
         println!(
             "# check passed: database {} ({}), kernel program attached, {} connections tracked",
@@ -146,51 +142,54 @@ pub(crate) async fn run(
         return Ok(());
     }
 
-    let table = tokio::spawn(async move {
-        while let Some(batch) = rx.recv().await {
-            apply_batch(&mut tracker, batch);
-        }
-    });
-
+    let events = tokio::spawn(track(reader, tracker, state.clone()));
     let local = listener.local_addr().map_err(AppError::Serve)?;
     tracing::info!(address = %local, path = %args.telemetry_path, "serving metrics");
     let served = axum::serve(listener, router(state, &args.telemetry_path))
         .with_graceful_shutdown(shutdown)
         .await;
     tracing::info!("shutting down: detaching the kernel program");
-    reader.abort();
-    let _ = reader.await;
-    // The reader owned the sender: the table task ends once drained.
-    let _ = table.await;
+    events.abort();
+    let _ = events.await;
     served.map_err(AppError::Serve)
 }
 
-fn apply_batch(tracker: &mut Tracker, batch: Batch) {
-    for record in batch {
-        match record {
-            Ok(event) => {
-                tracker.apply(&event);
-            }
-            Err(err) => {
-                tracing::debug!(error = %err, "undecodable ring buffer record");
-                tracker.recorder().undecodable();
-            }
+/// Read the ring buffer into memory until `snapshot` is done; return both.
+async fn buffer_until(
+    reader: &mut EventReader,
+    snapshot: tokio::task::JoinHandle<Result<Vec<(ConnKey, Direction)>, SnapshotError>>,
+) -> Result<(Vec<(ConnKey, Direction)>, Batch), AppError> {
+    let mut pending = Vec::new();
+    tokio::pin!(snapshot);
+    loop {
+        tokio::select! {
+            existing = &mut snapshot => return Ok((existing??, pending)),
+            read = reader.read_batch(&mut pending) => read.map_err(ProbeError::Poll)?,
         }
     }
 }
 
-/// Move records from the ring buffer to the table task; backpressure from
-/// a busy table fills the ring, and the kernel counts what it drops.
-async fn read_events(mut reader: EventReader, tx: mpsc::Sender<Batch>, state: AppState) {
+/// The event loop: read a batch from the ring buffer, apply it, repeat.
+/// One task, no hand-off: a busy table fills the ring, and the kernel
+/// counts what it drops.
+async fn track(mut reader: EventReader, mut tracker: Tracker, state: AppState) {
+    let mut batch = Vec::new();
     loop {
-        let mut batch = Vec::new();
         if let Err(err) = reader.read_batch(&mut batch).await {
             tracing::error!(error = %err, "reading the kernel ring buffer failed; counts are no longer updated");
             state.healthy.store(false, Ordering::Relaxed);
             return;
         }
-        if tx.send(batch).await.is_err() {
-            return;
+        for record in batch.drain(..) {
+            match record {
+                Ok(event) => {
+                    tracker.apply(&event);
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "undecodable ring buffer record");
+                    tracker.recorder().undecodable();
+                }
+            }
         }
     }
 }

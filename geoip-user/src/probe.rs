@@ -13,8 +13,8 @@ use aya::{
     programs::TracePoint,
 };
 use geoip_common::{
-    EVENTS_MAP, LAYOUT_GLOBAL, LOST_MAP, PROGRAM, TRACEPOINT_CATEGORY, TRACEPOINT_NAME,
-    TracepointLayout,
+    DEFAULT_WAKEUP_BYTES, EVENTS_MAP, LAYOUT_GLOBAL, LOST_MAP, PROGRAM, TRACEPOINT_CATEGORY,
+    TRACEPOINT_NAME, TracepointLayout, WAKEUP_GLOBAL,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -120,8 +120,11 @@ pub(crate) struct Probe {
 impl Prepared {
     /// Load the program with the layout, attach it and open its maps.
     pub(crate) fn load_and_attach(self) -> Result<Probe, ProbeError> {
+        // Wake-ups in batches, but never later than a quarter of the ring.
+        let wakeup_bytes = DEFAULT_WAKEUP_BYTES.min(u64::from(self.ring_bytes) / 4);
         let mut ebpf = EbpfLoader::new()
             .override_global(LAYOUT_GLOBAL, &self.layout, true)
+            .override_global(WAKEUP_GLOBAL, &wakeup_bytes, true)
             .map_max_entries(EVENTS_MAP, self.ring_bytes)
             .load(PROGRAM_OBJECT)
             .map_err(ProbeError::Load)?;
@@ -146,12 +149,11 @@ impl Prepared {
             .map_err(ProbeError::Attach)?;
         let ring = take_map(&mut ebpf, EVENTS_MAP, RingBuf::try_from)?;
         let lost = take_map(&mut ebpf, LOST_MAP, PerCpuArray::try_from)?;
-        let events = EventReader {
-            // SAFETY: the ring buffer owns its descriptor and neither
-            // replaces nor closes it while the AsyncFd holds it.
-            ring: unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-                .map_err(|e| ProbeError::Poll(e.into_parts().1))?,
-        };
+        // SAFETY: the ring buffer owns its descriptor and neither replaces
+        // nor closes it while the AsyncFd holds it.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| ProbeError::Poll(e.into_parts().1))?;
+        let events = EventReader::new(ring);
         Ok(Probe {
             _ebpf: ebpf,
             logger,
@@ -179,36 +181,45 @@ pub(crate) fn lost_events(lost: &PerCpuArray<MapData, u64>) -> Option<u64> {
 
 /// Most records handed on in one batch.
 const BATCH: usize = 4096;
+/// How often the ring buffer is drained when the kernel has not woken us
+/// (it wakes only once `WAKEUP_BYTES` wait): the longest an event waits.
+const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Reads the ring buffer as it fills.
 pub(crate) struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
+    drain: tokio::time::Interval,
 }
 
 impl EventReader {
-    /// Wait for records, then decode up to [`BATCH`] of them into `out`.
+    fn new(ring: AsyncFd<RingBuf<MapData>>) -> Self {
+        let mut drain = tokio::time::interval(DRAIN_INTERVAL);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { ring, drain }
+    }
+
+    /// Decode up to [`BATCH`] records onto `out`, waiting for a wake-up
+    /// from the kernel or the drain timer while there are none.
+    /// Cancel-safe: what was read is in `out`.
     pub(crate) async fn read_batch(
         &mut self,
         out: &mut Vec<Result<Event, DecodeError>>,
     ) -> io::Result<()> {
+        let start = out.len();
         loop {
-            let mut guard = self.ring.readable_mut().await?;
-            let ring = guard.get_inner_mut();
-            let drained = loop {
-                if out.len() >= BATCH {
-                    break false;
-                }
+            let ring = self.ring.get_mut();
+            while out.len() - start < BATCH {
                 match ring.next() {
                     Some(item) => out.push(decode(&item)),
-                    None => break true,
+                    None => break,
                 }
-            };
-            if drained {
-                // Wait for the next wake-up; otherwise come back at once.
-                guard.clear_ready();
             }
-            if !out.is_empty() {
+            if out.len() > start {
                 return Ok(());
+            }
+            tokio::select! {
+                guard = self.ring.readable_mut() => guard?.clear_ready(),
+                _ = self.drain.tick() => {}
             }
         }
     }

@@ -10,9 +10,11 @@
 //! - `build`: `cargo build -p geoip-user` after the toolchain checks.
 //! - `run`: build, then exec the exporter (under sudo when needed).
 //! - `test`: unit tests, then the end-to-end tests against the real kernel.
+//! - `bench`: the load benchmark (`tests/benches/load.rs`).
 //! - `fetch_db`: download a free country database with the npm client;
 //!   `mmdb_check` opens and verifies it.
 
+mod bench;
 mod build;
 mod cmd;
 mod fetch_db;
@@ -50,6 +52,8 @@ enum Command {
     Test(test::Options),
     /// Download a free IP-to-country database (mmdb) into data/.
     FetchDb(fetch_db::Options),
+    /// Load benchmark against the real kernel (root): churn and memory.
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Run(options) => run::run(options),
         Command::Test(options) => test::run(&options),
         Command::FetchDb(options) => fetch_db::run(&options),
+        Command::Bench => bench::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
