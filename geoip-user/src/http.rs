@@ -1,5 +1,6 @@
 //! The HTTP side: `/metrics` (or `--web.telemetry-path`), a landing page
-//! at `/` and `/healthz`.
+//! at `/`, `/healthz`, and `/api/v1/countries` (JSON: connections and
+//! opened/closed totals by country and direction).
 
 use std::sync::{
     Arc,
@@ -14,7 +15,10 @@ use axum::{
     routing::get,
 };
 
-use crate::{geo::DatabaseInfo, metrics::Metrics};
+use crate::{
+    geo::DatabaseInfo,
+    metrics::{CountryCounts, Metrics},
+};
 
 /// What the handlers share; cheap to clone.
 #[derive(Clone)]
@@ -23,6 +27,7 @@ pub(crate) struct AppState {
     /// False once the kernel event reader stopped: the numbers are stale.
     pub(crate) healthy: Arc<AtomicBool>,
     landing: Arc<str>,
+    database: Arc<DatabaseInfo>,
 }
 
 impl AppState {
@@ -31,6 +36,7 @@ impl AppState {
             metrics,
             healthy: Arc::new(AtomicBool::new(true)),
             landing: landing_page(telemetry_path, database).into(),
+            database: Arc::new(database.clone()),
         }
     }
 }
@@ -40,6 +46,7 @@ pub(crate) fn router(state: AppState, telemetry_path: &str) -> Router {
         .route("/", get(landing))
         .route(telemetry_path, get(metrics))
         .route("/healthz", get(healthz))
+        .route("/api/v1/countries", get(countries))
         .with_state(state)
 }
 
@@ -66,6 +73,62 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
             "kernel event reader stopped; see the exporter's log\n",
         )
     }
+}
+
+/// The answer of `/api/v1/countries`.
+#[derive(serde::Serialize)]
+struct CountriesResponse {
+    /// When this answer was made, in milliseconds since the Unix epoch.
+    time_ms: u128,
+    database: DatabaseJson,
+    /// Sums over every country.
+    total: CountryCounts,
+    /// Every country seen since start-up (ISO 3166-1 alpha-2 or `unknown`),
+    /// most connections first.
+    countries: Vec<CountryJson>,
+}
+
+#[derive(serde::Serialize)]
+struct DatabaseJson {
+    #[serde(rename = "type")]
+    kind: String,
+    build_epoch: u64,
+}
+
+#[derive(serde::Serialize)]
+struct CountryJson {
+    country: String,
+    #[serde(flatten)]
+    counts: CountryCounts,
+}
+
+async fn countries(State(state): State<AppState>) -> Response {
+    let mut total = CountryCounts::default();
+    let mut list: Vec<CountryJson> = state
+        .metrics
+        .countries()
+        .into_iter()
+        .map(|(country, counts)| {
+            total.inbound += counts.inbound;
+            total.outbound += counts.outbound;
+            CountryJson { country, counts }
+        })
+        .collect();
+    list.sort_by_key(|c| {
+        std::cmp::Reverse(c.counts.inbound.connections + c.counts.outbound.connections)
+    });
+    let body = CountriesResponse {
+        time_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis()),
+        database: DatabaseJson {
+            kind: state.database.database_type.clone(),
+            build_epoch: state.database.build_epoch,
+        },
+        total,
+        countries: list,
+    };
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
 
 async fn landing(State(state): State<AppState>) -> Html<String> {
@@ -155,6 +218,35 @@ mod tests {
         assert!(body.contains("<a href=\"/m\">"));
         assert!(body.contains("dbip-country &lt;b&gt;"));
         assert!(body.contains("IP Geolocation by DB-IP"));
+    }
+
+    #[tokio::test]
+    async fn countries_api_reports_per_direction_and_totals() {
+        let s = state();
+        let mut r = s.metrics.recorder();
+        let de = crate::geo::Country::from_code("DE");
+        let jp = crate::geo::Country::from_code("JP");
+        r.opened(de, crate::events::Direction::Inbound);
+        r.opened(jp, crate::events::Direction::Outbound);
+        r.opened(jp, crate::events::Direction::Outbound);
+        r.closed(de, crate::events::Direction::Inbound);
+        let (status, ctype, body) = get(router(s, "/m"), "/api/v1/countries").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(ctype, "application/json");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v["countries"][0]["country"], "JP",
+            "most connections first: {body}"
+        );
+        assert_eq!(v["countries"][0]["outbound"]["connections"], 2);
+        assert_eq!(v["countries"][1]["country"], "DE");
+        assert_eq!(v["countries"][1]["inbound"]["connections"], 0);
+        assert_eq!(v["countries"][1]["inbound"]["opened"], 1);
+        assert_eq!(v["countries"][1]["inbound"]["closed"], 1);
+        assert_eq!(v["total"]["outbound"]["opened"], 2);
+        assert_eq!(v["total"]["inbound"]["closed"], 1);
+        assert_eq!(v["database"]["type"], "dbip-country <b>");
+        assert!(v["time_ms"].as_u64().unwrap() > 1_700_000_000_000);
     }
 
     #[tokio::test]

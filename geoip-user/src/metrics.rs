@@ -4,7 +4,7 @@
 //! then updated in place (the handles are cached), so a scrape reads
 //! atomics and never walks the connection table.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use prometheus::{
     Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -163,6 +163,51 @@ impl Metrics {
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
 
+    /// Current connections and opened/closed totals by country and
+    /// direction, read from the same series `/metrics` shows.
+    pub(crate) fn countries(&self) -> BTreeMap<String, CountryCounts> {
+        let mut out: BTreeMap<String, CountryCounts> = BTreeMap::new();
+        let families = [
+            &self.connections as &dyn Collector,
+            &self.opened,
+            &self.closed,
+        ];
+        for (which, collector) in families.into_iter().enumerate() {
+            for family in collector.collect() {
+                for metric in family.get_metric() {
+                    let label = |name: &str| {
+                        metric
+                            .get_label()
+                            .iter()
+                            .find(|l| l.name() == name)
+                            .map(|l| l.value().to_owned())
+                    };
+                    let (Some(country), Some(direction)) = (label("country"), label("direction"))
+                    else {
+                        continue;
+                    };
+                    let entry = out.entry(country).or_default();
+                    let counts = if direction == "inbound" {
+                        &mut entry.inbound
+                    } else {
+                        &mut entry.outbound
+                    };
+                    #[expect(
+                        clippy::cast_possible_truncation,
+                        clippy::cast_sign_loss,
+                        reason = "integer-valued, non-negative samples"
+                    )]
+                    match which {
+                        0 => counts.connections = metric.get_gauge().get_value() as i64,
+                        1 => counts.opened = metric.get_counter().get_value() as u64,
+                        _ => counts.closed = metric.get_counter().get_value() as u64,
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// A fresh recorder for the one task that updates connection metrics.
     pub(crate) fn recorder(&self) -> Recorder {
         Recorder {
@@ -173,6 +218,32 @@ impl Metrics {
             events_close: self.events_read.with_label_values(&["close"]),
         }
     }
+}
+
+/// One direction's numbers for a country.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Counts {
+    /// Connections now ESTABLISHED.
+    pub(crate) connections: i64,
+    /// Connections opened since start-up.
+    pub(crate) opened: u64,
+    /// Connections closed since start-up.
+    pub(crate) closed: u64,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, rhs: Self) {
+        self.connections += rhs.connections;
+        self.opened += rhs.opened;
+        self.closed += rhs.closed;
+    }
+}
+
+/// A country's numbers, both directions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct CountryCounts {
+    pub(crate) inbound: Counts,
+    pub(crate) outbound: Counts,
 }
 
 /// Reads the kernel's per-CPU lost counter at collection time.
@@ -287,6 +358,24 @@ mod tests {
         r.opened(de(), Direction::Outbound);
         r.opened(Country::UNKNOWN, Direction::Outbound);
         r.closed(de(), Direction::Inbound);
+        let countries = m.countries();
+        assert_eq!(
+            countries["DE"],
+            CountryCounts {
+                inbound: Counts {
+                    connections: 1,
+                    opened: 2,
+                    closed: 1
+                },
+                outbound: Counts {
+                    connections: 1,
+                    opened: 1,
+                    closed: 0
+                },
+            }
+        );
+        assert_eq!(countries["unknown"].outbound.connections, 1);
+        assert_eq!(countries.len(), 2);
         let text = m.render().unwrap();
         for line in [
             "geoip_connections{country=\"DE\",direction=\"inbound\"} 1",
