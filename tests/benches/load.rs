@@ -30,6 +30,7 @@ use geoip_tests::{
 };
 use maxminddb as _;
 use serde as _;
+use serde_json as _;
 
 const PORT: u16 = 9000;
 const CHURN_SECONDS: u64 = 10;

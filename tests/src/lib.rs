@@ -12,6 +12,8 @@
     reason = "test support: a panic is how it reports a failed test"
 )]
 
+use serde_json as _;
+
 pub mod exporter;
 pub mod fixtures;
 pub mod mmdb;

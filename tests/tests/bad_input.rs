@@ -17,6 +17,7 @@ use geoip_tests::{
 use libc as _;
 use maxminddb as _;
 use serde as _;
+use serde_json as _;
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

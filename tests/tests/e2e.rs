@@ -18,6 +18,7 @@ use geoip_tests::{
 };
 use maxminddb as _;
 use serde as _;
+use serde_json as _;
 
 const SERVICE_PORT: u16 = 8443;
 

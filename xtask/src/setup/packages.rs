@@ -42,6 +42,16 @@ const PACKAGES: &[DebPackage] = &[
         why: "`promtool check metrics` on the live /metrics, and a real Prometheus server",
     },
     DebPackage {
+        name: "chromium",
+        unless_on_path: None,
+        why: "the browser test of the built-in map",
+    },
+    DebPackage {
+        name: "chromium-driver",
+        unless_on_path: None,
+        why: "drives Chromium in the browser test (WebDriver)",
+    },
+    DebPackage {
         name: "nodejs",
         unless_on_path: Some("npm"),
         why: "the npm client that `cargo xtask fetch-db` uses",
