@@ -1,12 +1,20 @@
 //! Builds the kernel program (`geoip-ebpf`) for the BPF target with the
 //! nightly toolchain and `bpf-linker`, into `OUT_DIR/geoip`, which
-//! `probe.rs` embeds in the binary.
+//! `probe.rs` embeds in the binary; and, first, the map page's country
+//! shapes into `OUT_DIR/world.json` (`build/worldmap.rs`), which `page.rs`
+//! embeds.
 
 use std::path::Path;
 
 use anyhow::{Context as _, anyhow};
 
+#[path = "build/worldmap.rs"]
+mod worldmap;
+
 fn main() -> anyhow::Result<()> {
+    let out_dir = std::env::var("OUT_DIR").context("OUT_DIR not set")?;
+    worldmap::generate(Path::new(&out_dir))
+        .context("generating the map's country shapes failed")?;
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
     let workspace = Path::new(&manifest_dir)
         .parent()

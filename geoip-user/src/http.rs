@@ -1,6 +1,7 @@
-//! The HTTP side: `/metrics` (or `--web.telemetry-path`), a landing page
-//! at `/`, `/healthz`, and `/api/v1/countries` (JSON: connections and
-//! opened/closed totals by country and direction).
+//! The HTTP side: `/metrics` (or `--web.telemetry-path`), the live map at
+//! `/` (with its country shapes at `/assets/world.json`), `/healthz`, and
+//! `/api/v1/countries` (JSON: connections and opened/closed totals by
+//! country and direction).
 
 use std::sync::{
     Arc,
@@ -18,6 +19,7 @@ use axum::{
 use crate::{
     geo::DatabaseInfo,
     metrics::{CountryCounts, Metrics},
+    page,
 };
 
 /// What the handlers share; cheap to clone.
@@ -35,7 +37,7 @@ impl AppState {
         Self {
             metrics,
             healthy: Arc::new(AtomicBool::new(true)),
-            landing: landing_page(telemetry_path, database).into(),
+            landing: page::render(telemetry_path, database).into(),
             database: Arc::new(database.clone()),
         }
     }
@@ -45,6 +47,7 @@ pub(crate) fn router(state: AppState, telemetry_path: &str) -> Router {
     Router::new()
         .route("/", get(landing))
         .route(telemetry_path, get(metrics))
+        .route("/assets/world.json", get(world))
         .route("/healthz", get(healthz))
         .route("/api/v1/countries", get(countries))
         .with_state(state)
@@ -135,35 +138,13 @@ async fn landing(State(state): State<AppState>) -> Html<String> {
     Html(state.landing.to_string())
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-fn landing_page(telemetry_path: &str, db: &DatabaseInfo) -> String {
-    let path = escape(telemetry_path);
-    let db_type = escape(&db.database_type);
-    let db_path = escape(&db.path.display().to_string());
-    // DB-IP's licence asks for a link wherever its data is shown.
-    let attribution = if db.database_type.to_ascii_lowercase().contains("dbip")
-        || db_path.to_ascii_lowercase().contains("dbip")
-    {
-        "<p><a href=\"https://db-ip.com\">IP Geolocation by DB-IP</a></p>"
-    } else {
-        ""
-    };
-    format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>geoip-exporter</title></head>\n<body>\n<h1>geoip-exporter</h1>\n\
-         <p>Where this machine's TCP connections come from and go to, by country.</p>\n\
-         <ul><li><a href=\"{path}\">Metrics</a> (<code>{path}</code>)</li>\
-         <li><a href=\"/healthz\">Health</a></li></ul>\n\
-         <p>GeoIP database: <code>{db_type}</code> from <code>{db_path}</code>.</p>\n\
-         {attribution}\n<p>Version {}.</p>\n</body></html>\n",
-        env!("CARGO_PKG_VERSION")
+async fn world() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        page::WORLD_JSON,
     )
 }
 
@@ -211,13 +192,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn landing_links_metrics_and_escapes() {
+    async fn map_page_links_metrics_and_escapes() {
         let (status, ctype, body) = get(router(state(), "/m"), "/").await;
         assert_eq!(status, StatusCode::OK);
         assert!(ctype.starts_with("text/html"));
         assert!(body.contains("<a href=\"/m\">"));
+        assert!(body.contains("<a href=\"/healthz\">"));
         assert!(body.contains("dbip-country &lt;b&gt;"));
         assert!(body.contains("IP Geolocation by DB-IP"));
+        assert!(body.contains("<svg"), "the map");
+    }
+
+    #[tokio::test]
+    async fn serves_the_country_shapes() {
+        let res = router(state(), "/m")
+            .oneshot(
+                axum::http::Request::get("/assets/world.json")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(
+            res.headers()[header::CACHE_CONTROL],
+            "public, max-age=86400"
+        );
+        let body = to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        let world: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(world["countries"]["DE"].is_string());
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@
 //! - [`filter`]: ranges that are not "the world".
 //! - [`table`]: the live connection table; [`geo`] answers its lookups.
 //! - [`metrics`]: the only module that touches prometheus types.
-//! - [`http`]: the router.
+//! - [`http`]: the router; [`page`]: the live map it serves at `/`.
 //! - [`app`]: start-up order, tasks, shutdown.
 
 mod app;
@@ -21,6 +21,7 @@ mod filter;
 mod geo;
 mod http;
 mod metrics;
+mod page;
 mod probe;
 mod snapshot;
 mod table;

@@ -18,7 +18,12 @@ pub(crate) enum TracefsError {
         tried.join(", ")
     )]
     NotMounted { tried: Vec<String> },
-    #[error("cannot read the tracepoint format {}; the exporter needs root or CAP_BPF+CAP_PERFMON", path.display())]
+    #[error(
+        "cannot read {}: tracefs is root's (mode 0700); run as root, or give a non-root user CAP_DAC_READ_SEARCH besides CAP_BPF and CAP_PERFMON",
+        path.display()
+    )]
+    Denied { path: PathBuf },
+    #[error("cannot read the tracepoint format {}", path.display())]
     Read {
         path: PathBuf,
         #[source]
@@ -39,11 +44,17 @@ pub(crate) enum TracefsError {
 pub(crate) fn format_path() -> Result<PathBuf, TracefsError> {
     for mount in MOUNTS {
         let events = Path::new(mount).join("events");
-        if events.is_dir() {
-            return Ok(events
-                .join(TRACEPOINT_CATEGORY)
-                .join(TRACEPOINT_NAME)
-                .join("format"));
+        match std::fs::metadata(&events) {
+            Ok(meta) if meta.is_dir() => {
+                return Ok(events
+                    .join(TRACEPOINT_CATEGORY)
+                    .join(TRACEPOINT_NAME)
+                    .join("format"));
+            }
+            Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(TracefsError::Denied { path: events });
+            }
+            _ => {}
         }
     }
     Err(TracefsError::NotMounted {
@@ -54,9 +65,15 @@ pub(crate) fn format_path() -> Result<PathBuf, TracefsError> {
 /// Read and check the layout of this kernel's tracepoint record.
 pub(crate) fn read_layout() -> Result<TracepointLayout, TracefsError> {
     let path = format_path()?;
-    let text = std::fs::read_to_string(&path).map_err(|source| TracefsError::Read {
-        path: path.clone(),
-        source,
+    let text = std::fs::read_to_string(&path).map_err(|source| {
+        if source.kind() == io::ErrorKind::PermissionDenied {
+            TracefsError::Denied { path: path.clone() }
+        } else {
+            TracefsError::Read {
+                path: path.clone(),
+                source,
+            }
+        }
     })?;
     parse_layout(&text, &path)
 }

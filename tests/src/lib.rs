@@ -3,7 +3,8 @@
 //! - [`mmdb`]: writes `MaxMind` DB files, so the tests make their own databases;
 //! - [`netns`]: test hosts with public-looking addresses in a network
 //!   namespace the test creates;
-//! - [`exporter`]: runs the real binary and reads its `/metrics`.
+//! - [`exporter`]: runs the real binary and reads its `/metrics`;
+//! - [`webdriver`]: drives headless Chromium for the map page's test.
 
 #![expect(
     clippy::missing_panics_doc,
@@ -12,9 +13,9 @@
     reason = "test support: a panic is how it reports a failed test"
 )]
 
-use serde_json as _;
-
 pub mod exporter;
 pub mod fixtures;
 pub mod mmdb;
 pub mod netns;
+pub mod prometheus;
+pub mod webdriver;
