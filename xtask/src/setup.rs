@@ -8,6 +8,7 @@
 mod bpf_linker;
 mod kernel;
 mod packages;
+mod python;
 mod toolchain;
 
 use std::{env, path::PathBuf};
@@ -76,6 +77,7 @@ pub(crate) fn run(parts: Parts) -> Result<()> {
     }
     if parts.packages {
         packages::ensure(root, &mut report)?;
+        python::ensure()?;
     }
     if parts.kernel {
         kernel::tracefs(root, &mut report)?;

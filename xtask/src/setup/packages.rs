@@ -52,6 +52,21 @@ const PACKAGES: &[DebPackage] = &[
         why: "drives Chromium in the browser test (WebDriver)",
     },
     DebPackage {
+        name: "python3-venv",
+        unless_on_path: None,
+        why: "the virtualenv with the Kubernetes manifest validators",
+    },
+    DebPackage {
+        name: "python3-seccomp",
+        unless_on_path: None,
+        why: "the systemd unit test applies the unit's system call filter",
+    },
+    DebPackage {
+        name: "systemd",
+        unless_on_path: Some("systemd-analyze"),
+        why: "`systemd-analyze verify` and `security` on the unit (not as PID 1)",
+    },
+    DebPackage {
         name: "nodejs",
         unless_on_path: Some("npm"),
         why: "the npm client that `cargo xtask fetch-db` uses",
