@@ -26,6 +26,23 @@ pub const HOST_V6: &str = "fd77::1";
 pub const PEER_V4: &str = "10.77.0.2";
 pub const PEER_V6: &str = "fd77::2";
 
+/// `ip` and `port` as a socket address (panics on a bad literal).
+pub fn sock(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse::<IpAddr>().expect("test address"), port)
+}
+
+/// The host's own listener on its end of the link (IPv4 and IPv6, one
+/// port), accepting inbound test connections and holding them.
+pub fn host_listener() -> (Server, u16) {
+    let v4 = TcpListener::bind(sock(HOST_V4, 0)).expect("bind host v4");
+    let port = v4.local_addr().expect("port").port();
+    let v6 = TcpListener::bind(sock(HOST_V6, port)).expect("bind host v6");
+    for l in [&v4, &v6] {
+        l.set_nonblocking(true).expect("nonblocking");
+    }
+    (Server::start(vec![v4, v6]), port)
+}
+
 /// Run `ip` with `args`; panic with its output if it fails.
 pub fn ip(args: &[&str]) {
     let out = Command::new("ip")

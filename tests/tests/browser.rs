@@ -4,18 +4,13 @@
 //! page shows. Screenshots (desktop and phone width, light and dark) go to
 //! the test's folder; the light desktop one also to `docs/map.png`.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    path::Path,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::TcpStream, path::Path, time::Duration};
 
 use geoip_tests::{
     exporter::{Exporter, temp_dir},
     fixtures::{BR_V6, DE_V4, JP_V4},
     mmdb::{Value, Writer},
-    netns::{HOST_V4, HOST_V6, Server, TestNet},
+    netns::{HOST_V4, HOST_V6, TestNet, host_listener, sock},
     webdriver::Browser,
 };
 use maxminddb as _;
@@ -55,21 +50,6 @@ fn write_database(path: &Path) {
     }
     w.write(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-}
-
-fn sock(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse::<IpAddr>().expect("test address"), port)
-}
-
-/// The host's own listener (on its end of the link) for inbound connections.
-fn host_listener() -> (Server, u16) {
-    let v4 = TcpListener::bind(sock(HOST_V4, 0)).expect("bind host v4");
-    let port = v4.local_addr().expect("port").port();
-    let v6 = TcpListener::bind(sock(HOST_V6, port)).expect("bind host v6");
-    for l in [&v4, &v6] {
-        l.set_nonblocking(true).expect("nonblocking");
-    }
-    (Server::start(vec![v4, v6]), port)
 }
 
 /// What the page shows, read from its DOM: coloured shapes with their

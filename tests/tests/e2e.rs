@@ -8,34 +8,19 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{TcpListener, TcpStream},
 };
 
 use geoip_tests::{
     exporter::{Exporter, Samples, cd, nonzero, promtool_check_metrics, temp_dir},
     fixtures::*,
-    netns::{HOST_V4, HOST_V6, PEER_V4, PEER_V6, Server, TestNet},
+    netns::{HOST_V4, HOST_V6, PEER_V4, PEER_V6, TestNet, host_listener, sock},
 };
 use maxminddb as _;
 use serde as _;
 use serde_json as _;
 
 const SERVICE_PORT: u16 = 8443;
-
-fn sock(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse::<IpAddr>().expect("test address"), port)
-}
-
-/// The host's own listener (on its end of the link) for inbound connections.
-fn host_listener() -> (Server, u16) {
-    let v4 = TcpListener::bind(sock(HOST_V4, 0)).expect("bind host v4");
-    let port = v4.local_addr().expect("port").port();
-    let v6 = TcpListener::bind(sock(HOST_V6, port)).expect("bind host v6");
-    for l in [&v4, &v6] {
-        l.set_nonblocking(true).expect("nonblocking");
-    }
-    (Server::start(vec![v4, v6]), port)
-}
 
 fn expect(pairs: &[(&str, &str, f64)]) -> BTreeMap<String, f64> {
     pairs

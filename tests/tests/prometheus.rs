@@ -17,14 +17,14 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv6Addr, TcpStream},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use geoip_tests::{
     exporter::{Exporter, promtool_check_metrics, temp_dir},
     fixtures::write_database,
-    netns::{HOST_V4, HOST_V6, Server, TestNet},
+    netns::{HOST_V4, HOST_V6, Server, TestNet, host_listener, sock},
     prometheus::{
         PanelQuery, PrometheusServer, Sample, dashboard_queries, deploy_dir, exposed_metric_names,
         grafana_regex_escape, interpolate, load_json, metric_names, url_encode, variable_queries,
@@ -56,10 +56,6 @@ const RATE_INTERVAL: &str = "1m";
 const RANGE: &str = "5m";
 
 type Labels = BTreeMap<String, String>;
-
-fn sock(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse::<IpAddr>().expect("test address"), port)
-}
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
@@ -503,17 +499,6 @@ fn now_secs() -> u64 {
 // ---------------------------------------------------------------------------
 // The test
 // ---------------------------------------------------------------------------
-
-/// The host's own listener (on its end of the link) for inbound connections.
-fn host_listener() -> (Server, u16) {
-    let v4 = TcpListener::bind(sock(HOST_V4, 0)).expect("bind host v4");
-    let port = v4.local_addr().expect("port").port();
-    let v6 = TcpListener::bind(sock(HOST_V6, port)).expect("bind host v6");
-    for l in [&v4, &v6] {
-        l.set_nonblocking(true).expect("nonblocking");
-    }
-    (Server::start(vec![v4, v6]), port)
-}
 
 fn country_of(addr: &str) -> &'static str {
     match addr {
