@@ -545,24 +545,9 @@ mod tests {
             Err(OpenError::Invalid { .. })
         ));
 
-        let mut asn = Writer::new("GeoLite2-ASN", 6);
-        for (i, net) in ["192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32"]
-            .iter()
-            .enumerate()
-        {
-            asn.insert(
-                net,
-                Value::map([
-                    (
-                        "autonomous_system_number",
-                        Value::U32(64_500 + u32::try_from(i).unwrap()),
-                    ),
-                    ("autonomous_system_organization", Value::str("Example")),
-                ]),
-            )
-            .unwrap();
-        }
-        let err = Geo::open(&write(&dir, "asn.mmdb", &asn)).err().unwrap();
+        let asn = dir.join("asn.mmdb");
+        geoip_tests::fixtures::write_asn_database(&asn);
+        let err = Geo::open(&asn).err().unwrap();
         assert!(
             matches!(err, OpenError::NoCountry { checked: 3, .. }),
             "{err:?}"

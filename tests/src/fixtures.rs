@@ -73,3 +73,28 @@ pub fn write_database(path: &Path) {
     w.write(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
+
+/// Write an ASN-only database (GeoLite2-ASN layout, no country anywhere:
+/// three networks) to `path`.
+pub fn write_asn_database(path: &Path) {
+    let mut w = Writer::new("GeoLite2-ASN", 6);
+    for (asn, net) in [
+        (64_500, "192.0.2.0/24"),
+        (64_501, "198.51.100.0/24"),
+        (64_502, "2001:db8::/32"),
+    ] {
+        w.insert(
+            net,
+            Value::map([
+                ("autonomous_system_number", Value::U32(asn)),
+                (
+                    "autonomous_system_organization",
+                    Value::str("Example Networks"),
+                ),
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("{net}: {e}"));
+    }
+    w.write(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}

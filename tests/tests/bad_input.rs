@@ -11,8 +11,7 @@ use std::{
 
 use geoip_tests::{
     exporter::{bin, free_port, run_command_to_exit, run_to_exit, temp_dir},
-    fixtures::write_database,
-    mmdb::{Value, Writer},
+    fixtures::{write_asn_database, write_database},
 };
 use libc as _;
 use maxminddb as _;
@@ -96,28 +95,8 @@ fn database_problems_are_usage_errors_naming_the_file() {
         &["truncated.mmdb is not a MaxMind DB"],
     );
 
-    let mut asn = Writer::new("GeoLite2-ASN", 6);
-    for (i, net) in ["192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32"]
-        .iter()
-        .enumerate()
-    {
-        asn.insert(
-            net,
-            Value::map([
-                (
-                    "autonomous_system_number",
-                    Value::U32(64_500 + u32::try_from(i).expect("small")),
-                ),
-                (
-                    "autonomous_system_organization",
-                    Value::str("Example Networks"),
-                ),
-            ]),
-        )
-        .expect("insert");
-    }
     let asn_path = dir.join("GeoLite2-ASN.mmdb");
-    asn.write(&asn_path).expect("write");
+    write_asn_database(&asn_path);
     assert_fails(
         &run_db(&asn_path),
         2,

@@ -695,6 +695,29 @@ fn daemonset_runs_on_every_node_with_only_bpf_and_perfmon() {
     );
 }
 
+/// `uid` with `caps` passes `--check`; without any one of them it fails.
+fn assert_needs_exactly(uid: u32, caps: &[String], exe: &Path, db: &Path) {
+    let mut cmd = setpriv(uid, caps);
+    check_args(&mut cmd, exe, db);
+    let out = run_command_to_exit(&mut cmd);
+    assert!(
+        passed_check(&out),
+        "uid {uid} with {caps:?}: {}",
+        text(&out)
+    );
+    for missing in caps {
+        let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
+        let mut cmd = setpriv(uid, &fewer);
+        check_args(&mut cmd, exe, db);
+        let out = run_command_to_exit(&mut cmd);
+        assert!(
+            !passed_check(&out),
+            "uid {uid} passed without {missing}: {}",
+            text(&out)
+        );
+    }
+}
+
 #[test]
 fn daemonset_privileges_are_enough_and_each_is_needed() {
     let daemonset = manifest("daemonset.yaml");
@@ -711,26 +734,7 @@ fn daemonset_privileges_are_enough_and_each_is_needed() {
         .collect();
     let (exe, db) = world_readable("deploy-pod-caps");
 
-    let mut cmd = setpriv(uid, &caps);
-    check_args(&mut cmd, &exe, &db);
-    let out = run_command_to_exit(&mut cmd);
-    assert!(
-        passed_check(&out),
-        "uid {uid} with {caps:?}: {}",
-        text(&out)
-    );
-
-    for missing in &caps {
-        let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
-        let mut cmd = setpriv(uid, &fewer);
-        check_args(&mut cmd, &exe, &db);
-        let out = run_command_to_exit(&mut cmd);
-        assert!(
-            !passed_check(&out),
-            "passed without {missing}: {}",
-            text(&out)
-        );
-    }
+    assert_needs_exactly(uid, &caps, &exe, &db);
 }
 
 #[test]
@@ -784,22 +788,7 @@ fn unit_capabilities_are_enough_and_each_is_needed() {
     let (exe, db) = world_readable("deploy-unit-caps");
     let nobody = 65_534;
 
-    let mut cmd = setpriv(nobody, &caps);
-    check_args(&mut cmd, &exe, &db);
-    let out = run_command_to_exit(&mut cmd);
-    assert!(passed_check(&out), "nobody with {caps:?}: {}", text(&out));
-
-    for missing in &caps {
-        let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
-        let mut cmd = setpriv(nobody, &fewer);
-        check_args(&mut cmd, &exe, &db);
-        let out = run_command_to_exit(&mut cmd);
-        assert!(
-            !passed_check(&out),
-            "passed without {missing}: {}",
-            text(&out)
-        );
-    }
+    assert_needs_exactly(nobody, &caps, &exe, &db);
 }
 
 #[test]
