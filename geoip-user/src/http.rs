@@ -28,7 +28,8 @@ pub(crate) struct AppState {
     pub(crate) metrics: Metrics,
     /// False once the kernel event reader stopped: the numbers are stale.
     pub(crate) healthy: Arc<AtomicBool>,
-    landing: Arc<str>,
+    /// The rendered map page (cheap to clone per request).
+    landing: axum::body::Bytes,
     database: Arc<DatabaseInfo>,
 }
 
@@ -134,8 +135,8 @@ async fn countries(State(state): State<AppState>) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
 
-async fn landing(State(state): State<AppState>) -> Html<String> {
-    Html(state.landing.to_string())
+async fn landing(State(state): State<AppState>) -> Html<axum::body::Bytes> {
+    Html(state.landing.clone())
 }
 
 async fn world() -> impl IntoResponse {
