@@ -25,6 +25,8 @@ pub const LAYOUT_GLOBAL: &str = "TP_LAYOUT";
 pub const WAKEUP_GLOBAL: &str = "WAKEUP_BYTES";
 /// Default of [`WAKEUP_GLOBAL`]: 64 events.
 pub const DEFAULT_WAKEUP_BYTES: u64 = 64 * size_of::<ConnEvent>() as u64;
+/// Name of the global holding the [`SockLayout`].
+pub const SOCK_LAYOUT_GLOBAL: &str = "SOCK_LAYOUT";
 /// Name of the tracepoint program.
 pub const PROGRAM: &str = "inet_sock_set_state";
 /// Tracepoint category and name the program attaches to.
@@ -123,7 +125,10 @@ pub struct ConnEvent {
     pub oldstate: u8,
     /// TCP state after the transition.
     pub newstate: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// Inode number of the socket's network namespace (`ls -Li
+    /// /proc/PID/ns/net`), 0 when the kernel's layout is not known.
+    pub netns: u32,
 }
 
 const _: () = assert!(size_of::<ConnEvent>() == 64);
@@ -174,6 +179,37 @@ impl TracepointLayout {
         _pad: 0,
     };
 }
+
+/// Where the network namespace's inode number sits, found in the running
+/// kernel's BTF at load time: `sock->__sk_common.skc_net.net` is at byte
+/// `net` of `struct sock`, and `net->ns.inum` at byte `inum` of `struct
+/// net`. With `enabled` 0 the program reports namespace 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SockLayout {
+    pub net: u32,
+    pub inum: u32,
+    pub enabled: u32,
+    pub reserved: u32,
+}
+
+const _: () = assert!(size_of::<SockLayout>() == 16);
+
+impl SockLayout {
+    /// Namespaces not read.
+    pub const DISABLED: Self = Self {
+        net: 0,
+        inum: 0,
+        enabled: 0,
+        reserved: 0,
+    };
+}
+
+#[cfg(feature = "user")]
+// SAFETY: `SockLayout` is `#[repr(C)]`, `Copy`, has no padding and every
+// bit pattern is valid.
+unsafe impl aya::Pod for SockLayout {}
 
 #[cfg(feature = "user")]
 // SAFETY: `TracepointLayout` is `#[repr(C)]`, `Copy`, has no padding and

@@ -13,14 +13,14 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{map, tracepoint},
     maps::{PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use geoip_common::{
     AF_INET, AF_INET6, ConnEvent, DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES, IPPROTO_TCP,
-    TracepointLayout, classify,
+    SockLayout, TracepointLayout, classify,
 };
 
 #[map(name = "EVENTS")]
@@ -33,6 +33,11 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// what tracefs says before loading.
 #[unsafe(no_mangle)]
 static TP_LAYOUT: TracepointLayout = TracepointLayout::DEFAULT;
+
+/// Where the socket's network namespace inode sits in this kernel's
+/// `struct sock` and `struct net` (from its BTF); user space sets it.
+#[unsafe(no_mangle)]
+static SOCK_LAYOUT: SockLayout = SockLayout::DISABLED;
 
 /// Wake user space only when this many bytes wait (it also drains the
 /// ring on a short timer): one wake-up per batch, not per event.
@@ -85,10 +90,11 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         },
         _ => return Ok(()),
     };
+    let sock: u64 = unsafe { ctx.read_at(usize::from(l.skaddr))? };
     let event = ConnEvent {
         // SAFETY: a helper with no preconditions.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        sock: unsafe { ctx.read_at(usize::from(l.skaddr))? },
+        sock,
         saddr,
         daddr,
         sport: unsafe { ctx.read_at(usize::from(l.sport))? },
@@ -99,7 +105,8 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         // TCP states are 1..=12.
         oldstate: u8::try_from(oldstate).unwrap_or(u8::MAX),
         newstate: u8::try_from(newstate).unwrap_or(u8::MAX),
-        _pad: [0; 6],
+        _pad: [0; 2],
+        netns: netns_of(sock)?,
     };
     if let Some(mut slot) = EVENTS.reserve::<ConnEvent>(0) {
         slot.write(event);
@@ -117,6 +124,23 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         unsafe { *lost += 1 };
     }
     Ok(())
+}
+
+/// `sk->__sk_common.skc_net.net->ns.inum`, at the offsets user space read
+/// from the running kernel's BTF.
+#[inline(always)]
+fn netns_of(sock: u64) -> Result<u32, i32> {
+    // SAFETY: reading a global that user space sets before loading.
+    let sl = unsafe { core::ptr::read_volatile(&raw const SOCK_LAYOUT) };
+    if sl.enabled == 0 {
+        return Ok(0);
+    }
+    // SAFETY (both reads): `bpf_probe_read_kernel` of kernel memory; a bad
+    // address is an error, not a fault.
+    let net: u64 = unsafe {
+        bpf_probe_read_kernel((sock + u64::from(sl.net)) as *const u64).map_err(|_| -14)?
+    };
+    unsafe { bpf_probe_read_kernel((net + u64::from(sl.inum)) as *const u32).map_err(|_| -14) }
 }
 
 #[inline(always)]

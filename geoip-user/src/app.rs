@@ -3,25 +3,35 @@
 //! Order matters: every check that changes nothing in the kernel runs first
 //! (database, listen address, privileges, tracefs), so a bad flag leaves
 //! nothing half-started; then the program is attached, then the existing
-//! connections are enumerated, then both are merged.
+//! connections are enumerated, then both are merged. After that one task
+//! owns the connection table ([`EventLoop`]), the HTTP server reads
+//! metrics, and [`Reloader`] hands it new databases.
 
-use std::{future::Future, io, net::SocketAddr, sync::atomic::Ordering};
+use std::{
+    future::{Future, IntoFuture as _},
+    io,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use tokio::{
     io::{Interest, unix::AsyncFd},
     net::TcpListener,
+    sync::{Notify, mpsc, oneshot},
 };
 
 use crate::{
     cli::Args,
-    events::{ConnKey, DecodeError, Direction, Event},
+    events::{DecodeError, Event},
     filter::Exclusions,
     geo::{Geo, OpenError},
     http::{AppState, router},
     metrics::Metrics,
     probe::{self, EventReader, ProbeError},
-    snapshot::{self, SnapshotError},
-    table::Tracker,
+    reload::Reloader,
+    snapshot::{self, Scope, Snapshot, SnapshotError},
+    table::{SyncKind, SyncReport, Tracker},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +60,6 @@ pub(crate) enum AppError {
     Metrics(#[from] prometheus::Error),
     #[error("serving HTTP failed")]
     Serve(#[source] io::Error),
-    #[error("a start-up task failed")]
-    Join(#[from] tokio::task::JoinError),
 }
 
 impl AppError {
@@ -66,6 +74,10 @@ impl AppError {
 
 /// Decoded ring-buffer records.
 type Batch = Vec<Result<Event, DecodeError>>;
+
+/// How long the HTTP server may take to finish after SIGTERM before the
+/// remaining connections are cut.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
     TcpListener::bind(addr).await.map_err(|source| {
@@ -96,7 +108,7 @@ pub(crate) async fn run(
     let metrics = Metrics::new(args.legacy_job_location)?;
     metrics.set_database_build(db.build_epoch);
     let state = AppState::new(metrics.clone(), &args.telemetry_path, &db);
-    let mut tracker = Tracker::new(Exclusions::new(&args.exclude), geo, metrics.recorder());
+    let tracker = Tracker::new(Exclusions::new(&args.exclude), geo, metrics.recorder());
 
     let probe = prepared.load_and_attach()?;
     tracing::info!(
@@ -108,89 +120,254 @@ pub(crate) async fn run(
     if let Some(logger) = probe.logger {
         forward_kernel_logs(logger);
     }
-
-    // Attached first, so nothing that opens from now on is missed; the
-    // ring buffer is drained while sock_diag enumerates what exists, and
-    // the merge counts what is in both once.
-    let mut reader = probe.events;
-    let snapshot = tokio::task::spawn_blocking(snapshot::established);
-    let (existing, pending) = buffer_until(&mut reader, snapshot).await?;
-    let mut events = Vec::with_capacity(pending.len());
-    for record in pending {
-        match record {
-            Ok(event) => events.push(event),
-            Err(_) => tracker.recorder().undecodable(),
+    let scope = if probe.namespaces {
+        Scope::All
+    } else {
+        Scope::OwnUntagged
+    };
+    let reconcile = match (scope, args.reconcile_interval) {
+        (_, Duration::ZERO) => None,
+        (Scope::OwnUntagged, _) => {
+            tracing::warn!(
+                "the periodic reconcile is off: namespaces cannot be told apart on this kernel"
+            );
+            None
         }
-    }
-    let existing_count = existing.len();
-    tracker.merge_startup(existing, &events);
+        (Scope::All, every) => Some(every),
+    };
+
+    // Attached first, so nothing that opens from now on is missed; events
+    // are applied while sock_diag enumerates what exists, and the merge
+    // leaves every connection an event touched meanwhile as the events
+    // say, so each one counts once.
+    let (geo_tx, geo_rx) = mpsc::channel(1);
+    let mut events = EventLoop {
+        reader: probe.events,
+        tracker,
+        metrics: metrics.clone(),
+        scope,
+        batch: Vec::new(),
+        geo_updates: geo_rx,
+    };
+    let startup = events.sync(SyncKind::Startup).await?;
     tracing::info!(
-        established = existing_count,
-        buffered_events = events.len(),
-        tracked = tracker.len(),
+        established = startup.seen,
+        namespaces = startup.namespaces,
+        tracked = events.tracker.len(),
         "existing connections merged"
     );
 
     if args.check {
         print!("{}", metrics.render()?);
         println!(
-            "# check passed: database {} ({}), kernel program attached, {} connections tracked",
+            "# check passed: database {} ({}), kernel program attached, {} connections tracked in {} network namespaces",
             db.path.display(),
             db.database_type,
-            tracker.len()
+            events.tracker.len(),
+            startup.namespaces,
         );
         return Ok(());
     }
 
-    let events = tokio::spawn(track(reader, tracker, state.clone()));
+    let reloader = tokio::spawn(
+        Reloader {
+            path: args.database.clone(),
+            to_tracker: geo_tx,
+            metrics: metrics.clone(),
+            state: state.clone(),
+        }
+        .run(),
+    );
+    let events = tokio::spawn(events.run(reconcile, state.clone()));
     let local = listener.local_addr().map_err(AppError::Serve)?;
     tracing::info!(address = %local, path = %args.telemetry_path, "serving metrics");
-    let served = axum::serve(listener, router(state, &args.telemetry_path))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = serve(listener, router(state, &args.telemetry_path), shutdown).await;
     tracing::info!("shutting down: detaching the kernel program");
+    reloader.abort();
     events.abort();
     let _ = events.await;
     served.map_err(AppError::Serve)
 }
 
-/// Read the ring buffer into memory until `snapshot` is done; return both.
-async fn buffer_until(
-    reader: &mut EventReader,
-    snapshot: tokio::task::JoinHandle<Result<Vec<(ConnKey, Direction)>, SnapshotError>>,
-) -> Result<(Vec<(ConnKey, Direction)>, Batch), AppError> {
-    let mut pending = Vec::new();
-    tokio::pin!(snapshot);
-    loop {
-        tokio::select! {
-            existing = &mut snapshot => return Ok((existing??, pending)),
-            read = reader.read_batch(&mut pending) => read.map_err(ProbeError::Poll)?,
+/// Serve HTTP until `shutdown`, then give the open requests
+/// [`SHUTDOWN_GRACE`] to finish before cutting them.
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let stopping = Arc::new(Notify::new());
+    let signalled = stopping.clone();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            signalled.notify_one();
+        })
+        .into_future();
+    tokio::select! {
+        result = server => result,
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::info!("clients still connected after {SHUTDOWN_GRACE:?}; closing them");
+            Ok(())
         }
     }
 }
 
-/// The event loop: read a batch from the ring buffer, apply it, repeat.
-/// One task, no hand-off: a busy table fills the ring, and the kernel
-/// counts what it drops.
-async fn track(mut reader: EventReader, mut tracker: Tracker, state: AppState) {
-    let mut batch = Vec::new();
-    loop {
-        if let Err(err) = reader.read_batch(&mut batch).await {
-            tracing::error!(error = %err, "reading the kernel ring buffer failed; counts are no longer updated");
-            state.healthy.store(false, Ordering::Relaxed);
-            return;
-        }
-        for record in batch.drain(..) {
+/// What a merged snapshot found.
+struct Synced {
+    seen: usize,
+    namespaces: usize,
+}
+
+/// The one task that owns the connection table: reads the ring buffer,
+/// applies events, runs the reconcile and swaps in reloaded databases.
+/// No hand-off: a busy table fills the ring, and the kernel counts what
+/// it drops.
+struct EventLoop {
+    reader: EventReader,
+    tracker: Tracker,
+    metrics: Metrics,
+    scope: Scope,
+    batch: Batch,
+    geo_updates: mpsc::Receiver<Geo>,
+}
+
+impl EventLoop {
+    fn apply_batch(&mut self) {
+        for record in self.batch.drain(..) {
             match record {
                 Ok(event) => {
-                    tracker.apply(&event);
+                    self.tracker.apply(&event);
                 }
                 Err(err) => {
                     tracing::debug!(error = %err, "undecodable ring buffer record");
-                    tracker.recorder().undecodable();
+                    self.tracker.recorder().undecodable();
                 }
             }
         }
+    }
+
+    /// Take a snapshot while applying events, then merge it.
+    async fn sync(&mut self, kind: SyncKind) -> Result<Synced, AppError> {
+        self.tracker.begin_sync();
+        let snapshot = snapshot::spawn(self.scope)?;
+        tokio::pin!(snapshot);
+        let taken = loop {
+            tokio::select! {
+                taken = &mut snapshot => break taken,
+                read = self.reader.read_batch(&mut self.batch) => {
+                    read.map_err(ProbeError::Poll)?;
+                    self.apply_batch();
+                }
+            }
+        };
+        self.merge(taken, kind).map_err(AppError::Snapshot)
+    }
+
+    /// Merge a finished snapshot: first every event submitted before it
+    /// ended (they are all in the ring buffer by now).
+    fn merge(
+        &mut self,
+        taken: Result<Result<Snapshot, SnapshotError>, oneshot::error::RecvError>,
+        kind: SyncKind,
+    ) -> Result<Synced, SnapshotError> {
+        self.reader.drain_now(&mut self.batch);
+        self.apply_batch();
+        let snap = match taken.unwrap_or(Err(SnapshotError::Lost)) {
+            Ok(snap) => snap,
+            Err(err) => {
+                // Nothing is judged: the table stays as the events made it.
+                self.tracker.abort_sync();
+                return Err(err);
+            }
+        };
+        self.metrics.snapshot_taken(
+            snap.scanned.len(),
+            snap.unreadable.len(),
+            snap.elapsed.as_secs_f64(),
+        );
+        let synced = Synced {
+            seen: snap.conns.len(),
+            namespaces: snap.scanned.len(),
+        };
+        let report = self.tracker.finish_sync(&snap, kind);
+        if kind == SyncKind::Reconcile && report != SyncReport::default() {
+            tracing::info!(
+                added = report.added,
+                removed = report.removed,
+                "reconcile corrected the connection table"
+            );
+        }
+        Ok(synced)
+    }
+
+    async fn run(mut self, reconcile: Option<Duration>, state: AppState) {
+        let mut every = reconcile.map(|period| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        let mut pending: Option<SnapshotReceiver> = None;
+        loop {
+            tokio::select! {
+                read = self.reader.read_batch(&mut self.batch) => {
+                    if let Err(err) = read {
+                        tracing::error!(error = %err, "reading the kernel ring buffer failed; counts are no longer updated");
+                        state.healthy.store(false, Ordering::Relaxed);
+                        return;
+                    }
+                    self.apply_batch();
+                }
+                () = tick(every.as_mut()), if pending.is_none() => {
+                    self.tracker.begin_sync();
+                    match snapshot::spawn(self.scope) {
+                        Ok(rx) => pending = Some(rx),
+                        Err(err) => {
+                            self.tracker.abort_sync();
+                            self.metrics.reconciled(false);
+                            tracing::warn!(error = %crate::error_chain(&err), "reconcile skipped");
+                        }
+                    }
+                }
+                taken = wait(pending.as_mut()), if pending.is_some() => {
+                    pending = None;
+                    let ok = self.merge(taken, SyncKind::Reconcile);
+                    self.metrics.reconciled(ok.is_ok());
+                    if let Err(err) = ok {
+                        tracing::warn!(error = %crate::error_chain(&err), "reconcile failed; trying again at the next interval");
+                    }
+                }
+                Some(geo) = self.geo_updates.recv() => {
+                    // Dropping the old database (its whole file in memory)
+                    // is left to a blocking thread.
+                    let old = self.tracker.replace_geo(geo);
+                    tokio::task::spawn_blocking(move || drop(old));
+                }
+            }
+        }
+    }
+}
+
+type SnapshotReceiver = oneshot::Receiver<Result<Snapshot, SnapshotError>>;
+
+async fn tick(every: Option<&mut tokio::time::Interval>) {
+    match every {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait(
+    pending: Option<&mut SnapshotReceiver>,
+) -> Result<Result<Snapshot, SnapshotError>, oneshot::error::RecvError> {
+    match pending {
+        Some(rx) => rx.await,
+        None => std::future::pending().await,
     }
 }
 

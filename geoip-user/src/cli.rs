@@ -4,6 +4,7 @@ use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     path::PathBuf,
+    time::Duration,
 };
 
 use clap::{Parser, ValueEnum};
@@ -53,9 +54,13 @@ pub(crate) struct Args {
     #[arg(long = "metrics.legacy-job-location")]
     pub(crate) legacy_job_location: bool,
 
-    /// Size of the kernel ring buffer in bytes (a power of two, at least 4096; 64 bytes an event). Raise it when geoip_exporter_events_lost_total grows.
-    #[arg(long = "kernel.ring-buffer-bytes", value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
+    /// Size of the kernel ring buffer in bytes (a power of two, at least 4096; 72 bytes an event). Raise it when geoip_exporter_events_lost_total grows.
+    #[arg(long = "ringbuf.size-bytes", alias = "kernel.ring-buffer-bytes", value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
     pub(crate) ring_buffer_bytes: u32,
+
+    /// How often to compare the connection table with the kernel's socket table (sock_diag, every network namespace) and repair it, e.g. after lost events: a duration such as 60s, 5m or 1m30s; 0 disables.
+    #[arg(long = "reconcile.interval", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) reconcile_interval: Duration,
 
     /// Check everything (database, listen address, privileges, kernel program, snapshot), print what would be exported, and exit without serving.
     #[arg(long = "check")]
@@ -119,6 +124,41 @@ fn parse_ring_bytes(value: &str) -> Result<u32, String> {
     }
 }
 
+/// A Prometheus-style duration: one or more `<number><unit>` with units
+/// ms, s, m, h, d (`90s`, `1m30s`, `500ms`), or `0`.
+pub(crate) fn parse_duration(value: &str) -> Result<Duration, String> {
+    let bad = || format!("{value:?} is not a duration such as 500ms, 30s, 5m, 1h30m or 0");
+    if value == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = value;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_mins(1),
+            "h" => Duration::from_hours(1),
+            "d" => Duration::from_hours(24),
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        let part = u32::try_from(number)
+            .ok()
+            .and_then(|n| unit.checked_mul(n))
+            .ok_or_else(bad)?;
+        total = total.checked_add(part).ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +176,7 @@ mod tests {
         assert!(a.exclude.is_empty());
         assert!(!a.legacy_job_location);
         assert_eq!(a.ring_buffer_bytes, DEFAULT_RING_BYTES);
+        assert_eq!(a.reconcile_interval, Duration::from_mins(1));
     }
 
     #[test]
@@ -149,7 +190,8 @@ mod tests {
             "203.0.113.0/24,2001:db8::/32",
             "--exclude=198.51.100.7",
             "--metrics.legacy-job-location",
-            "--kernel.ring-buffer-bytes=8192",
+            "--ringbuf.size-bytes=8192",
+            "--reconcile.interval=1m30s",
             "--log.level=debug",
             "--check",
         ])
@@ -160,6 +202,26 @@ mod tests {
         assert_eq!(a.exclude.len(), 3);
         assert!(a.legacy_job_location && a.check);
         assert_eq!(a.ring_buffer_bytes, 8192);
+        assert_eq!(a.reconcile_interval, Duration::from_secs(90));
+        let old = parse(&["--kernel.ring-buffer-bytes=16384"]).unwrap();
+        assert_eq!(old.ring_buffer_bytes, 16384, "the old spelling still works");
+    }
+
+    #[test]
+    fn durations() {
+        for (text, want) in [
+            ("0", Duration::ZERO),
+            ("500ms", Duration::from_millis(500)),
+            ("60s", Duration::from_mins(1)),
+            ("1h30m", Duration::from_mins(90)),
+            ("2d", Duration::from_hours(48)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in ["", "5", "s", "1x", "-1s", "1.5s", "99999999999h", "1s 2s"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
     }
 
     #[test]
@@ -171,7 +233,8 @@ mod tests {
             (vec!["--web.listen-address", ":99999"], ":99999"),
             (vec!["--web.telemetry-path", "metrics"], "\"metrics\""),
             (vec!["--web.telemetry-path", "/"], "\"/\""),
-            (vec!["--kernel.ring-buffer-bytes", "5000"], "\"5000\""),
+            (vec!["--ringbuf.size-bytes", "5000"], "\"5000\""),
+            (vec!["--reconcile.interval", "soon"], "\"soon\""),
             (vec!["--log.level", "loud"], "loud"),
         ] {
             let err = parse(&args).unwrap_err();
@@ -192,7 +255,8 @@ mod tests {
             "--web.telemetry-path",
             "--exclude",
             "--metrics.legacy-job-location",
-            "--kernel.ring-buffer-bytes",
+            "--ringbuf.size-bytes",
+            "--reconcile.interval",
             "--check",
             "--log.level",
             "100.64.0.0/10",

@@ -28,15 +28,18 @@ impl Direction {
 }
 
 /// A TCP connection's identity: local and remote address (canonical form,
-/// see [`canonical`]) and port. Unique among ESTABLISHED sockets of one
-/// network namespace, and the same whether it came from the kernel program
-/// or from `sock_diag`.
+/// see [`canonical`]) and port, and its network namespace. Unique among
+/// ESTABLISHED sockets of the host (two containers may well hold the same
+/// 4-tuple), and the same whether it came from the kernel program or from
+/// `sock_diag`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct ConnKey {
     pub(crate) local: u128,
     pub(crate) remote: u128,
     pub(crate) local_port: u16,
     pub(crate) remote_port: u16,
+    /// Inode number of the network namespace (0: not told apart).
+    pub(crate) netns: u32,
 }
 
 /// What happened to a connection.
@@ -95,6 +98,7 @@ fn from_raw(raw: &ConnEvent) -> Result<Event, DecodeError> {
             remote: addr(&raw.daddr)?,
             local_port: raw.sport,
             remote_port: raw.dport,
+            netns: raw.netns,
         },
         change,
     })
@@ -121,7 +125,8 @@ mod tests {
             direction,
             oldstate: u8::try_from(old).unwrap(),
             newstate: u8::try_from(new).unwrap(),
-            _pad: [0; 6],
+            _pad: [0; 2],
+            netns: 4_026_531_840,
         })
     }
 
@@ -180,6 +185,7 @@ mod tests {
         assert_eq!(e.key.local, ip("10.0.0.1"));
         assert_eq!(e.key.remote, ip("203.0.113.9"));
         assert_eq!((e.key.local_port, e.key.remote_port), (40000, 443));
+        assert_eq!(e.key.netns, 4_026_531_840);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! country and direction).
 
 use std::sync::{
-    Arc,
+    Arc, PoisonError, RwLock,
     atomic::{AtomicBool, Ordering},
 };
 
@@ -28,9 +28,17 @@ pub(crate) struct AppState {
     pub(crate) metrics: Metrics,
     /// False once the kernel event reader stopped: the numbers are stale.
     pub(crate) healthy: Arc<AtomicBool>,
-    /// The rendered map page (cheap to clone per request).
+    telemetry_path: Arc<str>,
+    /// What depends on the database in use; replaced whole on a reload
+    /// (the lock is held only to clone or swap the pointer).
+    page: Arc<RwLock<Arc<Page>>>,
+}
+
+/// The rendered map page (cheap to clone per request) and the database it
+/// names.
+struct Page {
     landing: axum::body::Bytes,
-    database: Arc<DatabaseInfo>,
+    database: DatabaseInfo,
 }
 
 impl AppState {
@@ -38,8 +46,30 @@ impl AppState {
         Self {
             metrics,
             healthy: Arc::new(AtomicBool::new(true)),
+            telemetry_path: telemetry_path.into(),
+            page: Arc::new(RwLock::new(Arc::new(Page::new(telemetry_path, database)))),
+        }
+    }
+
+    /// A new database is in use.
+    pub(crate) fn set_database(&self, database: &DatabaseInfo) {
+        let page = Arc::new(Page::new(&self.telemetry_path, database));
+        *self.page.write().unwrap_or_else(PoisonError::into_inner) = page;
+    }
+
+    fn page(&self) -> Arc<Page> {
+        self.page
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Page {
+    fn new(telemetry_path: &str, database: &DatabaseInfo) -> Self {
+        Self {
             landing: page::render(telemetry_path, database).into(),
-            database: Arc::new(database.clone()),
+            database: database.clone(),
         }
     }
 }
@@ -121,13 +151,14 @@ async fn countries(State(state): State<AppState>) -> Response {
     list.sort_by_key(|c| {
         std::cmp::Reverse(c.counts.inbound.connections + c.counts.outbound.connections)
     });
+    let page = state.page();
     let body = CountriesResponse {
         time_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis()),
         database: DatabaseJson {
-            kind: state.database.database_type.clone(),
-            build_epoch: state.database.build_epoch,
+            kind: page.database.database_type.clone(),
+            build_epoch: page.database.build_epoch,
         },
         total,
         countries: list,
@@ -136,7 +167,7 @@ async fn countries(State(state): State<AppState>) -> Response {
 }
 
 async fn landing(State(state): State<AppState>) -> Html<axum::body::Bytes> {
-    Html(state.landing.clone())
+    Html(state.page().landing.clone())
 }
 
 async fn world() -> impl IntoResponse {

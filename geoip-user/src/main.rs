@@ -4,25 +4,31 @@
 //! # Layout
 //! Data flows one way:
 //! - [`cli`]: the flags.
-//! - [`probe`] (with [`tracefs`]): load and attach the kernel program,
+//! - [`probe`] (with [`tracefs`] and [`btf`]): load and attach the kernel program,
 //!   read its ring buffer and lost-event counter.
 //! - [`events`]: decode ring-buffer records.
-//! - [`snapshot`]: connections that existed before start-up (`sock_diag`).
+//! - [`snapshot`]: the connections the kernel holds (`sock_diag`, in every
+//!   network namespace of [`namespaces`]), at start-up and for the
+//!   periodic reconcile.
 //! - [`filter`]: ranges that are not "the world".
-//! - [`table`]: the live connection table; [`geo`] answers its lookups.
+//! - [`table`]: the live connection table; [`geo`] answers its lookups,
+//!   [`reload`] swaps in a new database when its file changes.
 //! - [`metrics`]: the only module that touches prometheus types.
 //! - [`http`]: the router; [`page`]: the live map it serves at `/`.
 //! - [`app`]: start-up order, tasks, shutdown.
 
 mod app;
+mod btf;
 mod cli;
 mod events;
 mod filter;
 mod geo;
 mod http;
 mod metrics;
+mod namespaces;
 mod page;
 mod probe;
+mod reload;
 mod snapshot;
 mod table;
 mod tracefs;
@@ -56,14 +62,19 @@ fn main() -> ExitCode {
 
 /// `error: <what>` then one `caused by:` line per underlying cause.
 fn report(err: &dyn std::error::Error) {
-    let mut text = format!("geoip-exporter: error: {err}");
+    eprintln!("geoip-exporter: error: {}", error_chain(err));
+}
+
+/// An error and its causes on one string, for the log.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
         text.push_str("\n  caused by: ");
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    eprintln!("{text}");
+    text
 }
 
 fn init_logging(level: cli::LogLevel) {

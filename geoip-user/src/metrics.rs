@@ -7,7 +7,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use prometheus::{
-    Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder as _, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
     core::{Collector, Desc},
     proto::MetricFamily,
 };
@@ -30,6 +31,84 @@ pub(crate) struct Metrics {
     lookup_errors: IntCounter,
     tracked: IntGauge,
     database_build: IntGauge,
+    health: Health,
+}
+
+/// How reloads and reconciles went.
+#[derive(Clone)]
+struct Health {
+    database_reloads: IntCounterVec,
+    database_reload_ok: IntGauge,
+    corrections: IntCounterVec,
+    reconciles: IntCounterVec,
+    namespaces: IntGaugeVec,
+    snapshot_seconds: Gauge,
+}
+
+impl Health {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let database_reloads = IntCounterVec::new(
+            opts(
+                "geoip_exporter_database_reloads_total",
+                "GeoIP database reloads (file replaced, or SIGHUP), by result; on failure the previous database stays in use.",
+            ),
+            &["result"],
+        )?;
+        let database_reload_ok = IntGauge::with_opts(opts(
+            "geoip_exporter_database_last_reload_successful",
+            "1 if the last GeoIP database (re)load succeeded, 0 if it failed and an older database is in use.",
+        ))?;
+        database_reload_ok.set(1);
+        let corrections = IntCounterVec::new(
+            opts(
+                "geoip_exporter_reconcile_corrections_total",
+                "Connections the periodic reconcile with the kernel's socket table had to add (opened, their event lost) or remove (closed, their event lost).",
+            ),
+            &["action"],
+        )?;
+        let reconciles = IntCounterVec::new(
+            opts(
+                "geoip_exporter_reconciles_total",
+                "Periodic reconciles of the connection table with the kernel's socket table, by result.",
+            ),
+            &["result"],
+        )?;
+        let namespaces = IntGaugeVec::new(
+            opts(
+                "geoip_exporter_network_namespaces",
+                "Network namespaces at the last snapshot of the kernel's socket table: scanned, or unreadable (their connections are then kept as the events say).",
+            ),
+            &["state"],
+        )?;
+        let snapshot_seconds = Gauge::with_opts(opts(
+            "geoip_exporter_snapshot_duration_seconds",
+            "How long the last snapshot of the kernel's socket table (every network namespace) took.",
+        ))?;
+        for result in ["success", "failure"] {
+            database_reloads.with_label_values(&[result]);
+            reconciles.with_label_values(&[result]);
+        }
+        for action in ["added", "removed"] {
+            corrections.with_label_values(&[action]);
+        }
+        for state in ["scanned", "unreadable"] {
+            namespaces.with_label_values(&[state]);
+        }
+        registry.register(Box::new(database_reloads.clone()))?;
+        registry.register(Box::new(database_reload_ok.clone()))?;
+        registry.register(Box::new(corrections.clone()))?;
+        registry.register(Box::new(reconciles.clone()))?;
+        registry.register(Box::new(namespaces.clone()))?;
+        registry.register(Box::new(snapshot_seconds.clone()))?;
+        Ok(Self {
+            database_reloads,
+            database_reload_ok,
+            corrections,
+            reconciles,
+            namespaces,
+            snapshot_seconds,
+        })
+    }
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -122,6 +201,7 @@ impl Metrics {
         registry.register(Box::new(lookup_errors.clone()))?;
         registry.register(Box::new(tracked.clone()))?;
         registry.register(Box::new(database_build.clone()))?;
+        let health = Health::new(&registry)?;
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -137,6 +217,7 @@ impl Metrics {
             lookup_errors,
             tracked,
             database_build,
+            health,
         })
     }
 
@@ -144,7 +225,7 @@ impl Metrics {
     pub(crate) fn register_lost_events(&self, source: LostSource) -> Result<(), prometheus::Error> {
         let counter = IntCounter::with_opts(opts(
             "geoip_exporter_events_lost_total",
-            "Connection events the kernel program could not submit because the ring buffer was full; counts drift until the connections close. Raise --kernel.ring-buffer-bytes.",
+            "Connection events the kernel program could not submit because the ring buffer was full; the periodic reconcile repairs the counts. Raise --ringbuf.size-bytes.",
         ))?;
         self.registry
             .register(Box::new(LostEvents { counter, source }))
@@ -153,6 +234,46 @@ impl Metrics {
     pub(crate) fn set_database_build(&self, epoch: u64) {
         self.database_build
             .set(i64::try_from(epoch).unwrap_or(i64::MAX));
+    }
+
+    /// A database (re)load finished: `Some(build epoch)` if it is now in
+    /// use, `None` if it failed and the previous one stays.
+    pub(crate) fn database_reloaded(&self, loaded: Option<u64>) {
+        let result = if loaded.is_some() {
+            "success"
+        } else {
+            "failure"
+        };
+        self.health
+            .database_reloads
+            .with_label_values(&[result])
+            .inc();
+        self.health
+            .database_reload_ok
+            .set(i64::from(loaded.is_some()));
+        if let Some(epoch) = loaded {
+            self.set_database_build(epoch);
+        }
+    }
+
+    /// A snapshot of the kernel's socket table was taken.
+    pub(crate) fn snapshot_taken(&self, scanned: usize, unreadable: usize, seconds: f64) {
+        let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        self.health
+            .namespaces
+            .with_label_values(&["scanned"])
+            .set(n(scanned));
+        self.health
+            .namespaces
+            .with_label_values(&["unreadable"])
+            .set(n(unreadable));
+        self.health.snapshot_seconds.set(seconds);
+    }
+
+    /// A reconcile ended (`ok`) or could not take its snapshot.
+    pub(crate) fn reconciled(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.health.reconciles.with_label_values(&[result]).inc();
     }
 
     /// The whole registry in the text exposition format.
@@ -330,6 +451,13 @@ impl Recorder {
         } else {
             self.events_close.inc();
         }
+    }
+
+    /// The reconcile added and removed this many connections.
+    pub(crate) fn corrections(&self, added: u64, removed: u64) {
+        let c = &self.metrics.health.corrections;
+        c.with_label_values(&["added"]).inc_by(added);
+        c.with_label_values(&["removed"]).inc_by(removed);
     }
 
     pub(crate) fn undecodable(&self) {

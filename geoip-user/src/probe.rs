@@ -13,12 +13,13 @@ use aya::{
     programs::TracePoint,
 };
 use geoip_common::{
-    DEFAULT_WAKEUP_BYTES, EVENTS_MAP, LAYOUT_GLOBAL, LOST_MAP, PROGRAM, TRACEPOINT_CATEGORY,
-    TRACEPOINT_NAME, TracepointLayout, WAKEUP_GLOBAL,
+    DEFAULT_WAKEUP_BYTES, EVENTS_MAP, LAYOUT_GLOBAL, LOST_MAP, PROGRAM, SOCK_LAYOUT_GLOBAL,
+    SockLayout, TRACEPOINT_CATEGORY, TRACEPOINT_NAME, TracepointLayout, WAKEUP_GLOBAL,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
+    btf::Btf,
     events::{DecodeError, Event, decode},
     tracefs::{self, TracefsError},
 };
@@ -97,14 +98,31 @@ pub(crate) fn check_capabilities() -> Result<(), ProbeError> {
 /// What has to be right before anything is loaded into the kernel.
 pub(crate) struct Prepared {
     layout: TracepointLayout,
+    sock_layout: SockLayout,
     ring_bytes: u32,
 }
 
-/// Check privileges and read this kernel's tracepoint layout.
+/// Check privileges, read this kernel's tracepoint layout and, from its
+/// BTF, where a socket's network namespace sits. Without the latter the
+/// exporter still runs, but cannot tell namespaces apart.
 pub(crate) fn prepare(ring_bytes: u32) -> Result<Prepared, ProbeError> {
     check_capabilities()?;
     let layout = tracefs::read_layout()?;
-    Ok(Prepared { layout, ring_bytes })
+    let sock_layout = match Btf::from_kernel().and_then(|btf| btf.sock_layout()) {
+        Ok(sock_layout) => sock_layout,
+        Err(err) => {
+            tracing::warn!(
+                error = %err,
+                "cannot find the network namespace of sockets in the kernel's BTF: connections in other namespaces (containers) are tracked by events only and the reconcile is off"
+            );
+            SockLayout::DISABLED
+        }
+    };
+    Ok(Prepared {
+        layout,
+        sock_layout,
+        ring_bytes,
+    })
 }
 
 /// The loaded and attached program; dropping it detaches it.
@@ -115,6 +133,8 @@ pub(crate) struct Probe {
     pub(crate) logger: Option<aya_log::EbpfLogger<TracingLog>>,
     pub(crate) events: EventReader,
     pub(crate) lost: PerCpuArray<MapData, u64>,
+    /// Whether events carry their socket's network namespace.
+    pub(crate) namespaces: bool,
 }
 
 impl Prepared {
@@ -125,6 +145,7 @@ impl Prepared {
         let mut ebpf = EbpfLoader::new()
             .override_global(LAYOUT_GLOBAL, &self.layout, true)
             .override_global(WAKEUP_GLOBAL, &wakeup_bytes, true)
+            .override_global(SOCK_LAYOUT_GLOBAL, &self.sock_layout, true)
             .map_max_entries(EVENTS_MAP, self.ring_bytes)
             .load(PROGRAM_OBJECT)
             .map_err(ProbeError::Load)?;
@@ -159,6 +180,7 @@ impl Prepared {
             logger,
             events,
             lost,
+            namespaces: self.sock_layout.enabled != 0,
         })
     }
 }
@@ -221,6 +243,14 @@ impl EventReader {
                 guard = self.ring.readable_mut() => guard?.clear_ready(),
                 _ = self.drain.tick() => {}
             }
+        }
+    }
+
+    /// Decode every record waiting now onto `out`, without waiting.
+    pub(crate) fn drain_now(&mut self, out: &mut Vec<Result<Event, DecodeError>>) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            out.push(decode(&item));
         }
     }
 }

@@ -2,15 +2,18 @@
 //! kernel's netlink `sock_diag` interface (`NETLINK_SOCK_DIAG`,
 //! `SOCK_DIAG_BY_FAMILY` with `inet_diag_req_v2`, kernel 3.3 and later).
 //!
-//! `sock_diag` answers for the exporter's own network namespace. Listening
-//! sockets come in the same dump: a connection whose local port is a
-//! listening port was accepted (inbound), any other was made (outbound).
+//! `sock_diag` answers for the namespace its socket was made in, so the
+//! snapshot runs on a thread of its own that enters each of the host's
+//! network namespaces in turn (see [`crate::namespaces`]). Listening sockets
+//! come in the same dump: a connection whose local port is a listening port
+//! of its namespace was accepted (inbound), any other was made (outbound).
 
 use std::{
     collections::HashSet,
     io,
     net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::{Duration, Instant},
 };
 
 use bytemuck::{Pod, Zeroable};
@@ -19,6 +22,7 @@ use geoip_common::{AF_INET, AF_INET6, IPPROTO_TCP, tcp_state};
 use crate::{
     events::{ConnKey, Direction},
     filter::canonical,
+    namespaces::{self, NetNs},
 };
 
 const NETLINK_SOCK_DIAG: i32 = 4;
@@ -95,6 +99,95 @@ pub(crate) enum SnapshotError {
         family: &'static str,
         what: &'static str,
     },
+    #[error("cannot find the exporter's own network namespace (is /proc mounted?)")]
+    OwnNamespace(#[source] io::Error),
+    #[error("cannot start the snapshot thread")]
+    Thread(#[source] io::Error),
+    #[error("the snapshot thread stopped without an answer")]
+    Lost,
+}
+
+/// Which namespaces a snapshot covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Every network namespace on the host, each connection tagged with
+    /// its namespace's id (what the kernel program reports).
+    All,
+    /// Only the exporter's own, tagged 0: the kernel program cannot tell
+    /// namespaces apart on this kernel.
+    OwnUntagged,
+}
+
+/// The ESTABLISHED connections a snapshot saw.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    pub(crate) conns: Vec<(ConnKey, Direction)>,
+    /// Namespaces dumped: the table can be compared with them.
+    pub(crate) scanned: HashSet<u32>,
+    /// Namespaces that exist but could not be dumped (no permission, or
+    /// gone meanwhile): what is known of their connections stands.
+    pub(crate) unreadable: HashSet<u32>,
+    /// How long it took.
+    pub(crate) elapsed: Duration,
+}
+
+/// Take a snapshot on a thread of its own (it enters other namespaces,
+/// which must never happen to a runtime thread); the answer arrives on
+/// the returned channel.
+pub(crate) fn spawn(
+    scope: Scope,
+) -> Result<tokio::sync::oneshot::Receiver<Result<Snapshot, SnapshotError>>, SnapshotError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("geoip-snapshot".into())
+        .spawn(move || {
+            let _ = tx.send(take(scope));
+        })
+        .map_err(SnapshotError::Thread)?;
+    Ok(rx)
+}
+
+/// Dump the exporter's own namespace, then (for [`Scope::All`]) enter
+/// each other one in turn. Must run on a thread of its own.
+fn take(scope: Scope) -> Result<Snapshot, SnapshotError> {
+    let start = Instant::now();
+    let own = namespaces::own().map_err(SnapshotError::OwnNamespace)?;
+    let mut snap = Snapshot::default();
+    let own_tag = match scope {
+        Scope::All => own.id,
+        Scope::OwnUntagged => 0,
+    };
+    snap.conns = established(own_tag)?;
+    snap.scanned.insert(own_tag);
+    if scope == Scope::All {
+        for ns in namespaces::all().into_iter().filter(|ns| ns.id != own.id) {
+            match enter_and_dump(&ns) {
+                Ok(conns) => {
+                    snap.conns.extend(conns);
+                    snap.scanned.insert(ns.id);
+                }
+                Err(err) => {
+                    tracing::debug!(namespace = ns.id, path = %ns.path.display(), error = %err, "cannot read a network namespace's connections");
+                    snap.unreadable.insert(ns.id);
+                }
+            }
+        }
+    }
+    snap.elapsed = start.elapsed();
+    Ok(snap)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum EnterError {
+    #[error("cannot enter the namespace")]
+    Enter(#[source] io::Error),
+    #[error(transparent)]
+    Dump(#[from] SnapshotError),
+}
+
+fn enter_and_dump(ns: &NetNs) -> Result<Vec<(ConnKey, Direction)>, EnterError> {
+    namespaces::enter(ns).map_err(EnterError::Enter)?;
+    Ok(established(ns.id)?)
 }
 
 /// One socket of the dump.
@@ -104,11 +197,11 @@ struct DiagSocket {
     key: ConnKey,
 }
 
-/// ESTABLISHED TCP connections of this network namespace (IPv4 and IPv6)
-/// with their derived direction.
-pub(crate) fn established() -> Result<Vec<(ConnKey, Direction)>, SnapshotError> {
-    let mut sockets = dump(AF_INET, "IPv4")?;
-    sockets.extend(dump(AF_INET6, "IPv6")?);
+/// ESTABLISHED TCP connections of the calling thread's network namespace
+/// (IPv4 and IPv6) with their derived direction, tagged `netns`.
+fn established(netns: u32) -> Result<Vec<(ConnKey, Direction)>, SnapshotError> {
+    let mut sockets = dump(AF_INET, "IPv4", netns)?;
+    sockets.extend(dump(AF_INET6, "IPv6", netns)?);
     Ok(classify(&sockets))
 }
 
@@ -140,12 +233,12 @@ struct Request {
     req: InetDiagReqV2,
 }
 
-fn dump(family: u16, name: &'static str) -> Result<Vec<DiagSocket>, SnapshotError> {
+fn dump(family: u16, name: &'static str, netns: u32) -> Result<Vec<DiagSocket>, SnapshotError> {
     let fd = request(family).map_err(|source| SnapshotError::Io {
         family: name,
         source,
     })?;
-    read_replies(&fd, name)
+    read_replies(&fd, name, netns)
 }
 
 /// Open a `sock_diag` socket and ask for the family's TCP sockets that are
@@ -203,7 +296,11 @@ fn request(family: u16) -> io::Result<OwnedFd> {
 }
 
 /// Read the dump's messages up to `NLMSG_DONE`.
-fn read_replies(fd: &OwnedFd, name: &'static str) -> Result<Vec<DiagSocket>, SnapshotError> {
+fn read_replies(
+    fd: &OwnedFd,
+    name: &'static str,
+    netns: u32,
+) -> Result<Vec<DiagSocket>, SnapshotError> {
     let io_err = |source| SnapshotError::Io {
         family: name,
         source,
@@ -245,7 +342,7 @@ fn read_replies(fd: &OwnedFd, name: &'static str) -> Result<Vec<DiagSocket>, Sna
                         .get(..size_of::<InetDiagMsg>())
                         .ok_or_else(|| malformed("short inet_diag_msg"))?;
                     let msg: InetDiagMsg = bytemuck::pod_read_unaligned(msg);
-                    if let Some(key) = key_of(&msg) {
+                    if let Some(key) = key_of(&msg, netns) {
                         sockets.push(DiagSocket {
                             state: msg.state,
                             key,
@@ -261,7 +358,7 @@ fn read_replies(fd: &OwnedFd, name: &'static str) -> Result<Vec<DiagSocket>, Sna
     }
 }
 
-fn key_of(msg: &InetDiagMsg) -> Option<ConnKey> {
+fn key_of(msg: &InetDiagMsg, netns: u32) -> Option<ConnKey> {
     let addr = |b: &[u8; 16]| match u16::from(msg.family) {
         AF_INET => Some(canonical(Ipv4Addr::new(b[0], b[1], b[2], b[3]).into())),
         AF_INET6 => Some(canonical(Ipv6Addr::from(*b).into())),
@@ -272,6 +369,7 @@ fn key_of(msg: &InetDiagMsg) -> Option<ConnKey> {
         remote: addr(&msg.id.dst)?,
         local_port: u16::from_be_bytes(msg.id.sport),
         remote_port: u16::from_be_bytes(msg.id.dport),
+        netns,
     })
 }
 
@@ -298,7 +396,7 @@ mod tests {
         let mut b = [0; 1];
         s4.read_exact(&mut b).unwrap();
 
-        let conns = established().unwrap();
+        let conns = established(7).unwrap();
         let find = |local: std::net::SocketAddr, remote: std::net::SocketAddr| {
             conns.iter().find(|(k, _)| {
                 k.local == canonical(local.ip())
@@ -314,6 +412,7 @@ mod tests {
         let out6 = find(c6.local_addr().unwrap(), c6.peer_addr().unwrap()).unwrap();
         assert_eq!(out6.1, Direction::Outbound);
         assert_eq!(out6.0.remote, ip("::1"));
+        assert_eq!(out6.0.netns, 7, "tagged with the namespace asked for");
     }
 
     #[test]
@@ -323,6 +422,7 @@ mod tests {
             remote: ip("198.51.100.1"),
             local_port: lp,
             remote_port: rp,
+            netns: 1,
         };
         let sockets = [
             DiagSocket {

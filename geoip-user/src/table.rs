@@ -1,13 +1,14 @@
 //! The live connection table: every connection counted once when it opens
 //! and uncounted once when it closes.
 
-use std::collections::{HashMap, hash_map::Entry};
+use std::collections::{HashMap, HashSet, hash_map::Entry};
 
 use crate::{
     events::{Change, ConnKey, Direction, Event},
     filter::{Exclusions, from_canonical},
     geo::{Country, Geo},
     metrics::Recorder,
+    snapshot::Snapshot,
 };
 
 /// What the exporter remembers of a tracked connection.
@@ -34,12 +35,38 @@ pub(crate) enum Outcome {
     Untracked,
 }
 
+/// Why a snapshot is merged into the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SyncKind {
+    /// At start-up: what exists is counted as opened, nothing is a
+    /// correction.
+    Startup,
+    /// The periodic reconcile: every difference is a correction (lost
+    /// events, or a namespace that vanished with its sockets).
+    Reconcile,
+}
+
+/// What merging a snapshot changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SyncReport {
+    /// ESTABLISHED in the kernel, missing from the table: now counted.
+    pub(crate) added: u64,
+    /// In the table, no longer ESTABLISHED in the kernel: now uncounted.
+    pub(crate) removed: u64,
+}
+
 /// The connection table and everything it updates; owned by one task.
 pub(crate) struct Tracker {
     conns: HashMap<ConnKey, Tracked>,
     exclusions: Exclusions,
     geo: Geo,
     recorder: Recorder,
+    /// While a snapshot is being taken: the connections events changed
+    /// meanwhile (the events know better than the snapshot about them).
+    touched: Option<HashSet<ConnKey>>,
+    /// Namespaces the last snapshot read: one of them missing from the
+    /// next snapshot is gone, with its connections.
+    namespaces: HashSet<u32>,
 }
 
 impl Tracker {
@@ -49,7 +76,16 @@ impl Tracker {
             exclusions,
             geo,
             recorder,
+            touched: None,
+            namespaces: HashSet::new(),
         }
+    }
+
+    /// Use `geo` for connections that open from now on. Connections
+    /// already tracked keep the country they were counted under, so that
+    /// each close uncounts exactly what its open counted.
+    pub(crate) fn replace_geo(&mut self, geo: Geo) -> Geo {
+        std::mem::replace(&mut self.geo, geo)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -62,6 +98,9 @@ impl Tracker {
 
     /// Apply one kernel event.
     pub(crate) fn apply(&mut self, event: &Event) -> Outcome {
+        if let Some(touched) = &mut self.touched {
+            touched.insert(event.key);
+        }
         match event.change {
             Change::Open(direction) => {
                 self.recorder.event_read(true);
@@ -116,28 +155,60 @@ impl Tracker {
         }
     }
 
-    /// Merge the connections that were ESTABLISHED at start-up (from
-    /// `sock_diag`, taken after the kernel program was attached) with the
-    /// events buffered meanwhile, so that each connection counts once:
-    /// a buffered open gives the true direction of a snapshot connection;
-    /// then the snapshot is inserted; then the buffered events are applied
-    /// in order (their opens of snapshot connections are no-ops, their
-    /// closes uncount them).
-    pub(crate) fn merge_startup(&mut self, snapshot: Vec<(ConnKey, Direction)>, pending: &[Event]) {
-        let mut snapshot: HashMap<ConnKey, Direction> = snapshot.into_iter().collect();
-        for event in pending {
-            if let Change::Open(direction) = event.change
-                && let Some(d) = snapshot.get_mut(&event.key)
-            {
-                *d = direction;
+    /// A snapshot is about to be taken: from now on remember which
+    /// connections events change, until [`Self::finish_sync`].
+    pub(crate) fn begin_sync(&mut self) {
+        self.touched = Some(HashSet::new());
+    }
+
+    /// The snapshot failed: judge nothing, the table stays as the events
+    /// made it.
+    pub(crate) fn abort_sync(&mut self) {
+        self.touched = None;
+    }
+
+    /// Make the table agree with `snapshot`, taken after
+    /// [`Self::begin_sync`] and merged once every event submitted before
+    /// it ended has been applied (the caller drains the ring buffer
+    /// first). A connection an event changed meanwhile is left as the
+    /// events say: an open or close racing the snapshot is then neither
+    /// counted twice nor missed. Every other connection the snapshot sees
+    /// is counted if missing; every other tracked one it does not see is
+    /// uncounted, unless its namespace could not be read.
+    pub(crate) fn finish_sync(&mut self, snapshot: &Snapshot, kind: SyncKind) -> SyncReport {
+        let touched = self.touched.take().unwrap_or_default();
+        let mut seen: HashMap<ConnKey, Direction> = HashMap::with_capacity(snapshot.conns.len());
+        for &(key, direction) in &snapshot.conns {
+            if !self.exclusions.excludes(key.remote) {
+                seen.insert(key, direction);
             }
         }
-        for (key, direction) in snapshot {
-            self.open(key, direction);
+        let mut report = SyncReport::default();
+        let recorder = &mut self.recorder;
+        let namespaces = &self.namespaces;
+        self.conns.retain(|key, tracked| {
+            let covered = snapshot.scanned.contains(&key.netns)
+                || (namespaces.contains(&key.netns) && !snapshot.unreadable.contains(&key.netns));
+            let stale = covered && !seen.contains_key(key) && !touched.contains(key);
+            if stale {
+                recorder.closed(tracked.country, tracked.direction);
+                report.removed += 1;
+            }
+            !stale
+        });
+        for (key, direction) in seen {
+            if !touched.contains(&key) && !self.conns.contains_key(&key) {
+                self.open(key, direction);
+                report.added += 1;
+            }
         }
-        for event in pending {
-            self.apply(event);
+        if kind == SyncKind::Reconcile {
+            self.recorder.corrections(report.added, report.removed);
         }
+        self.namespaces
+            .retain(|ns| snapshot.unreadable.contains(ns));
+        self.namespaces.extend(&snapshot.scanned);
+        report
     }
 }
 
@@ -177,7 +248,26 @@ mod tests {
             remote: ip(remote),
             local_port,
             remote_port,
+            netns: 1,
         }
+    }
+
+    /// A snapshot that read namespaces `scanned` and could not read
+    /// `unreadable`.
+    fn snapshot(conns: &[(ConnKey, Direction)], scanned: &[u32], unreadable: &[u32]) -> Snapshot {
+        Snapshot {
+            conns: conns.to_vec(),
+            scanned: scanned.iter().copied().collect(),
+            unreadable: unreadable.iter().copied().collect(),
+            elapsed: std::time::Duration::ZERO,
+        }
+    }
+
+    fn corrections(m: &Metrics, action: &str) -> i64 {
+        sample(
+            m,
+            &format!("geoip_exporter_reconcile_corrections_total{{action=\"{action}\"}}"),
+        )
     }
 
     fn open(k: ConnKey, d: Direction) -> Event {
@@ -314,28 +404,46 @@ mod tests {
     fn startup_merge_counts_each_connection_once() {
         let (mut t, m) = tracker(&[]);
         let before = key("192.0.2.10", 443, 40001); // open before start, still open
-        let before_closed = key("192.0.2.11", 443, 40002); // open before start, closes while buffering
+        let before_closed = key("192.0.2.11", 443, 40002); // open before start, closes while syncing
         let between = key("192.0.2.12", 443, 40003); // opened after attach, in snapshot too
         let inbound_guess = key("198.51.100.9", 51000, 8080); // snapshot guessed wrong
-        let gone = key("192.0.2.13", 443, 40004); // opened and closed while buffering
-        let snapshot = vec![
-            (before, Direction::Outbound),
-            (before_closed, Direction::Outbound),
-            (between, Direction::Outbound),
-            (inbound_guess, Direction::Outbound),
-        ];
-        let pending = [
+        let gone = key("192.0.2.13", 443, 40004); // opened and closed while syncing
+        t.begin_sync();
+        for event in [
             close(before_closed),
             open(between, Direction::Outbound),
             open(inbound_guess, Direction::Inbound),
             open(gone, Direction::Outbound),
             close(gone),
-        ];
-        t.merge_startup(snapshot, &pending);
+        ] {
+            t.apply(&event);
+        }
+        let report = t.finish_sync(
+            &snapshot(
+                &[
+                    (before, Direction::Outbound),
+                    (before_closed, Direction::Outbound),
+                    (between, Direction::Outbound),
+                    (inbound_guess, Direction::Outbound),
+                ],
+                &[1],
+                &[],
+            ),
+            SyncKind::Startup,
+        );
+        assert_eq!(
+            report,
+            SyncReport {
+                added: 1,
+                removed: 0
+            },
+            "only `before`"
+        );
         assert_eq!(conns(&m, "DE", "outbound"), 2, "before + between");
         assert_eq!(conns(&m, "JP", "inbound"), 1);
         assert_eq!(conns(&m, "JP", "outbound"), 0);
         assert_eq!(t.len(), 3);
+        assert_eq!(corrections(&m, "added"), 0, "start-up is not a correction");
         // The close of a connection opened before start uncounts it.
         assert_eq!(t.apply(&close(before)), Outcome::Closed);
         assert_eq!(conns(&m, "DE", "outbound"), 1);
@@ -344,14 +452,135 @@ mod tests {
                 &m,
                 "geoip_connections_opened_total{country=\"DE\",direction=\"outbound\"}"
             ),
-            4
+            3
         );
         assert_eq!(
             sample(
                 &m,
                 "geoip_connections_closed_total{country=\"DE\",direction=\"outbound\"}"
             ),
-            3
+            2
         );
+    }
+
+    #[test]
+    fn reconcile_repairs_lost_events_but_trusts_events_during_the_snapshot() {
+        let (mut t, m) = tracker(&[]);
+        let kept = key("192.0.2.1", 443, 40001);
+        let lost_close = key("192.0.2.2", 443, 40002); // its close event was lost
+        let lost_open = key("198.51.100.3", 443, 40003); // its open event was lost
+        let racing_close = key("192.0.2.4", 443, 40004); // closes while the snapshot runs
+        let racing_open = key("192.0.2.5", 443, 40005); // opens while the snapshot runs
+        for k in [kept, lost_close, racing_close] {
+            t.apply(&open(k, Direction::Outbound));
+        }
+        t.begin_sync();
+        t.apply(&close(racing_close));
+        t.apply(&open(racing_open, Direction::Outbound));
+        // The snapshot saw racing_close still open and racing_open not yet.
+        let report = t.finish_sync(
+            &snapshot(
+                &[
+                    (kept, Direction::Outbound),
+                    (lost_open, Direction::Inbound),
+                    (racing_close, Direction::Outbound),
+                    (key("10.0.0.1", 1, 2), Direction::Outbound),
+                ],
+                &[1],
+                &[],
+            ),
+            SyncKind::Reconcile,
+        );
+        assert_eq!(
+            report,
+            SyncReport {
+                added: 1,
+                removed: 1
+            }
+        );
+        assert_eq!(corrections(&m, "added"), 1);
+        assert_eq!(corrections(&m, "removed"), 1);
+        assert_eq!(conns(&m, "DE", "outbound"), 2, "kept + racing_open");
+        assert_eq!(
+            conns(&m, "JP", "inbound"),
+            1,
+            "lost_open, excluded peer left out"
+        );
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.apply(&close(lost_open)), Outcome::Closed);
+        assert_eq!(t.apply(&close(lost_close)), Outcome::Untracked);
+    }
+
+    #[test]
+    fn namespaces_are_apart_and_unreadable_ones_are_not_judged() {
+        let (mut t, m) = tracker(&[]);
+        let in_a = key("192.0.2.1", 443, 40001);
+        let in_b = ConnKey { netns: 2, ..in_a };
+        let in_c = ConnKey { netns: 3, ..in_a };
+        assert_eq!(t.apply(&open(in_a, Direction::Outbound)), Outcome::Opened);
+        assert_eq!(t.apply(&open(in_b, Direction::Outbound)), Outcome::Opened);
+        assert_eq!(t.apply(&open(in_c, Direction::Outbound)), Outcome::Opened);
+        assert_eq!(
+            conns(&m, "DE", "outbound"),
+            3,
+            "same 4-tuple, three namespaces"
+        );
+        // Only namespace 1 read: 2 and 3 were never read, so not judged.
+        t.begin_sync();
+        let report = t.finish_sync(
+            &snapshot(&[(in_a, Direction::Outbound)], &[1], &[]),
+            SyncKind::Reconcile,
+        );
+        assert_eq!(report, SyncReport::default());
+        // Now 2 and 3 are read and hold their connections...
+        t.begin_sync();
+        let all = [
+            (in_a, Direction::Outbound),
+            (in_b, Direction::Outbound),
+            (in_c, Direction::Outbound),
+        ];
+        let report = t.finish_sync(&snapshot(&all, &[1, 2, 3], &[]), SyncKind::Reconcile);
+        assert_eq!(report, SyncReport::default());
+        // ...then 2 is gone and 3 cannot be read: 2's connection goes.
+        t.begin_sync();
+        let report = t.finish_sync(
+            &snapshot(&[(in_a, Direction::Outbound)], &[1], &[3]),
+            SyncKind::Reconcile,
+        );
+        assert_eq!(
+            report,
+            SyncReport {
+                added: 0,
+                removed: 1
+            }
+        );
+        assert_eq!(conns(&m, "DE", "outbound"), 2);
+        assert_eq!(t.apply(&close(in_c)), Outcome::Closed);
+        assert_eq!(t.apply(&close(in_b)), Outcome::Untracked);
+    }
+
+    #[test]
+    fn a_new_database_applies_to_new_connections_only() {
+        let (mut t, m) = tracker(&[]);
+        let early = key("192.0.2.1", 443, 40001);
+        let late = key("192.0.2.2", 443, 40002);
+        t.apply(&open(early, Direction::Outbound));
+        let dir = std::env::temp_dir().join(format!("geoip-table-swap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("fr.mmdb");
+        let mut w = Writer::new("test", 6);
+        w.insert(
+            "192.0.2.0/24",
+            Value::map([("country_code", Value::str("FR"))]),
+        )
+        .unwrap();
+        w.write(&path).unwrap();
+        drop(t.replace_geo(Geo::open(&path).unwrap()));
+        t.apply(&open(late, Direction::Outbound));
+        assert_eq!(conns(&m, "DE", "outbound"), 1, "keeps its country");
+        assert_eq!(conns(&m, "FR", "outbound"), 1, "uses the new database");
+        t.apply(&close(early));
+        assert_eq!(conns(&m, "DE", "outbound"), 0, "the close uncounts DE");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

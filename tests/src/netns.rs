@@ -158,16 +158,7 @@ impl TestNet {
     /// Run `f` on a thread inside the namespace. Sockets made there stay
     /// in the namespace wherever they are used afterwards.
     pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.ns);
-        std::thread::spawn(move || {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            // SAFETY: setns on this thread only, with a namespace fd we hold.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap_or_else(|_| panic!("thread in {} panicked", self.ns))
+        run_in_ns(&self.ns, f)
     }
 
     /// Listen on `port` at every test address and at the namespace's end
@@ -217,6 +208,81 @@ impl TestNet {
         self.check_route(target.ip());
         TcpStream::connect_timeout(&target, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("connect {target}: {e}"))
+    }
+}
+
+/// Run `f` on a thread inside the named network namespace.
+fn run_in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns on this thread only, with a namespace fd we hold.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap_or_else(|_| panic!("thread in {ns} panicked"))
+}
+
+/// A network namespace standing in for a container: its own loopback
+/// holding test addresses, no link anywhere. Connections between its
+/// addresses are sockets only this namespace holds, which the exporter
+/// must find by entering it. Torn down on drop.
+pub struct Container {
+    ns: String,
+}
+
+impl Container {
+    /// Create the namespace `name` (at most 10 characters) with `addrs`
+    /// on its loopback.
+    pub fn create(name: &str, addrs: &[&str]) -> Self {
+        let ns = format!("geoipc-{name}");
+        ip_quiet(&["netns", "del", &ns]);
+        ip(&["netns", "add", &ns]);
+        let c = Self { ns };
+        c.ip(&["link", "set", "lo", "up"]);
+        for addr in addrs {
+            let parsed: IpAddr = addr.parse().unwrap_or_else(|e| panic!("{addr}: {e}"));
+            let cidr = format!("{addr}/{}", if parsed.is_ipv4() { 32 } else { 128 });
+            c.ip(&["addr", "add", &cidr, "dev", "lo"]);
+        }
+        c
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let mut full = vec!["netns", "exec", self.ns.as_str(), "ip"];
+        full.extend_from_slice(args);
+        ip(&full);
+    }
+
+    /// A listener inside the namespace (its port makes accepted
+    /// connections inbound, as a container's service).
+    pub fn listen(&self, at: SocketAddr) -> TcpListener {
+        run_in_ns(&self.ns, move || {
+            TcpListener::bind(at).unwrap_or_else(|e| panic!("bind {at} in container: {e}"))
+        })
+    }
+
+    /// A connection inside the namespace from `from` to `listener` (made
+    /// by [`Self::listen`]); both ends: client, then server.
+    pub fn connect(&self, from: SocketAddr, listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let to = listener.local_addr().expect("listener address");
+        let client = run_in_ns(&self.ns, move || {
+            let fd = match from {
+                SocketAddr::V4(_) => socket2_v4(),
+                SocketAddr::V6(_) => socket2_v6(),
+            };
+            bind_and_connect(fd, from, to)
+        });
+        let (server, _) = listener.accept().expect("accept in container");
+        (client, server)
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        ip_quiet(&["netns", "del", &self.ns]);
     }
 }
 

@@ -134,7 +134,7 @@ fn bad_flags_are_usage_errors_naming_the_value() {
             "\"metrics\" is not a usable path",
         ),
         (
-            vec!["--kernel.ring-buffer-bytes", "1000"],
+            vec!["--ringbuf.size-bytes", "1000"],
             "\"1000\" is not a power of two",
         ),
         (

@@ -236,10 +236,16 @@ fn exposes_the_metric_contract() {
             "geoip_exporter_build_info gauge",
             "geoip_exporter_connections_tracked gauge",
             "geoip_exporter_database_build_timestamp_seconds gauge",
+            "geoip_exporter_database_last_reload_successful gauge",
+            "geoip_exporter_database_reloads_total counter",
             "geoip_exporter_events_lost_total counter",
             "geoip_exporter_events_read_total counter",
             "geoip_exporter_events_undecodable_total counter",
             "geoip_exporter_lookup_errors_total counter",
+            "geoip_exporter_network_namespaces gauge",
+            "geoip_exporter_reconcile_corrections_total counter",
+            "geoip_exporter_reconciles_total counter",
+            "geoip_exporter_snapshot_duration_seconds gauge",
         ],
         "families before any connection (the per-country ones appear with their first country)"
     );

@@ -37,6 +37,11 @@ const PACKAGES: &[DebPackage] = &[
         why: "`ps`, `sysctl`",
     },
     DebPackage {
+        name: "bpftool",
+        unless_on_path: None,
+        why: "the shutdown test lists the kernel's programs and maps",
+    },
+    DebPackage {
         name: "prometheus",
         unless_on_path: None,
         why: "`promtool check metrics` on the live /metrics, and a real Prometheus server",

@@ -1,0 +1,253 @@
+//! Reloading the GeoIP database without a restart: on SIGHUP, and when the
+//! file changes (inotify on its directory, so an atomic rename by
+//! geoipupdate, an in-place copy and the symlink swap of a Kubernetes `ConfigMap` are
+//! all seen).
+//!
+//! The new file is opened and checked on a blocking thread while the old
+//! database keeps serving; only a database that opens and has country data
+//! is handed to the event loop, which swaps it in between two batches. A
+//! failed reload changes nothing but `geoip_exporter_database_reloads_total
+//! {result="failure"}` and the log.
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    },
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use crate::{geo::Geo, http::AppState, metrics::Metrics};
+
+/// Quiet time after the last change in the directory before the file is
+/// read: a copy in progress is not read half-written.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// What identifies one version of the file: a rename or a rewrite changes
+/// at least one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileVersion {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+fn version(path: &Path) -> Option<FileVersion> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileVersion {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+    })
+}
+
+/// Watches for reasons to reload and reloads; runs until aborted.
+pub(crate) struct Reloader {
+    pub(crate) path: PathBuf,
+    pub(crate) to_tracker: mpsc::Sender<Geo>,
+    pub(crate) metrics: Metrics,
+    pub(crate) state: AppState,
+}
+
+impl Reloader {
+    pub(crate) async fn run(self) {
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGHUP; the database reloads only when its file changes");
+                None
+            }
+        };
+        let mut watch = match DirWatch::new(&self.path) {
+            Ok(w) => Some(w),
+            Err(err) => {
+                tracing::warn!(path = %self.path.display(), error = %err, "cannot watch the database's directory; reload it with SIGHUP");
+                None
+            }
+        };
+        let mut last = version(&self.path);
+        loop {
+            tokio::select! {
+                signalled = recv_hangup(hangup.as_mut()) => {
+                    if signalled.is_none() {
+                        hangup = None;
+                        continue;
+                    }
+                    tracing::info!("SIGHUP received: reloading the GeoIP database");
+                    last = version(&self.path);
+                    self.reload().await;
+                }
+                changed = wait_changed(watch.as_mut()) => {
+                    if let Err(err) = changed {
+                        tracing::warn!(error = %err, "watching the database's directory failed; reload it with SIGHUP");
+                        watch = None;
+                        continue;
+                    }
+                    let now = version(&self.path);
+                    if now.is_some() && now != last {
+                        tracing::info!(path = %self.path.display(), "the GeoIP database file changed: reloading");
+                        last = now;
+                        self.reload().await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reload(&self) {
+        let path = self.path.clone();
+        let opened = tokio::task::spawn_blocking(move || Geo::open(&path)).await;
+        match opened {
+            Ok(Ok(geo)) => {
+                let info = geo.info().clone();
+                if self.to_tracker.send(geo).await.is_err() {
+                    return;
+                }
+                self.state.set_database(&info);
+                self.metrics.database_reloaded(Some(info.build_epoch));
+                tracing::info!(
+                    path = %info.path.display(),
+                    database_type = %info.database_type,
+                    build_epoch = info.build_epoch,
+                    "GeoIP database reloaded; connections that open from now on use it"
+                );
+            }
+            Ok(Err(err)) => {
+                self.metrics.database_reloaded(None);
+                tracing::error!(error = %crate::error_chain(&err), "reloading the GeoIP database failed; still using the previous one");
+            }
+            Err(err) => {
+                self.metrics.database_reloaded(None);
+                tracing::error!(error = %err, "reloading the GeoIP database failed; still using the previous one");
+            }
+        }
+    }
+}
+
+async fn recv_hangup(hangup: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+    match hangup {
+        Some(h) => h.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_changed(watch: Option<&mut DirWatch>) -> io::Result<()> {
+    match watch {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// inotify on one directory: any file created, written, moved or deleted.
+struct DirWatch {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl DirWatch {
+    fn new(file: &Path) -> io::Result<Self> {
+        let dir = match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let dir = CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: plain inotify_init1(2); the result is checked.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mask = libc::IN_CLOSE_WRITE
+            | libc::IN_MOVED_TO
+            | libc::IN_MOVED_FROM
+            | libc::IN_CREATE
+            | libc::IN_DELETE
+            | libc::IN_ATTRIB;
+        // SAFETY: valid descriptor and NUL-terminated path.
+        if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), dir.as_ptr(), mask) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the descriptor is owned by the AsyncFd and neither
+        // replaced nor closed while registered.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(Self { fd })
+    }
+
+    /// Wait for a change, then for [`SETTLE`] without one.
+    async fn changed(&mut self) -> io::Result<()> {
+        self.next_event().await?;
+        loop {
+            match tokio::time::timeout(SETTLE, self.next_event()).await {
+                Ok(result) => result?,
+                Err(_) => return Ok(()),
+            }
+        }
+    }
+
+    /// Wait until the kernel has queued events, and consume them.
+    async fn next_event(&mut self) -> io::Result<()> {
+        let mut buf = [0u8; 4096];
+        loop {
+            let mut guard = self.fd.readable_mut().await?;
+            // SAFETY: reading into a buffer valid for its length.
+            let n = unsafe {
+                libc::read(
+                    guard.get_inner().as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n > 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock {
+                guard.clear_ready();
+            } else if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_rename_into_the_directory_is_seen_and_settles() {
+        let dir = std::env::temp_dir().join(format!("geoip-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("db.mmdb");
+        std::fs::write(&file, b"one").unwrap();
+        let before = version(&file);
+        let mut watch = DirWatch::new(&file).unwrap();
+        let staged = dir.join("db.mmdb.new");
+        std::fs::write(&staged, b"two!").unwrap();
+        std::fs::rename(&staged, &file).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .expect("a change within 5 s")
+            .unwrap();
+        assert_ne!(version(&file), before);
+        // Nothing more happens: no further change is reported.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), watch.changed())
+                .await
+                .is_err()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
