@@ -13,8 +13,7 @@
 
 use std::{
     io::Read as _,
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
+    net::TcpStream,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -24,147 +23,24 @@ use std::{
 };
 
 use geoip_tests::{
-    exporter::{Exporter, Samples, cd, temp_dir},
+    exporter::{Exporter, cd, temp_dir},
     fixtures::{BR_V6, DE_V4, JP_V4, write_database},
+    load::{HOSTS, cpu_seconds, events, rss_bytes, server, settle, target, value},
     netns::TestNet,
 };
 use maxminddb as _;
 use serde as _;
 use serde_json as _;
 
-const PORT: u16 = 9000;
 const CHURN_SECONDS: u64 = 10;
 const CHURN_MAX: u64 = 200_000;
 const CHURN_THREADS: usize = 2;
 const HOLD: usize = 8_000;
 
-fn sock(ip: &str) -> SocketAddr {
-    SocketAddr::new(ip.parse::<IpAddr>().expect("address"), PORT)
-}
-
-/// A server in the namespace that accepts with a 100 ms timeout (so it can
-/// stop) and either closes each connection at once or holds it.
-fn server(net: &TestNet, hold: bool, stop: &Arc<AtomicBool>) -> JoinHandle<Vec<TcpStream>> {
-    let listeners: Vec<TcpListener> = net.run_in(|| {
-        [DE_V4, JP_V4, BR_V6]
-            .iter()
-            .map(|a| {
-                let l = TcpListener::bind(sock(a)).expect("bind in netns");
-                let timeout = libc::timeval {
-                    tv_sec: 0,
-                    tv_usec: 100_000,
-                };
-                // SAFETY: setsockopt with a valid timeval; accept(2) honours SO_RCVTIMEO.
-                unsafe {
-                    libc::setsockopt(
-                        l.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_RCVTIMEO,
-                        (&raw const timeout).cast(),
-                        u32::try_from(size_of::<libc::timeval>()).expect("size"),
-                    )
-                };
-                l
-            })
-            .collect()
-    });
-    let deadline = Instant::now() + Duration::from_mins(2);
-    let threads: Vec<JoinHandle<Vec<TcpStream>>> = listeners
-        .into_iter()
-        .map(|l| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut kept = Vec::new();
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    if let Ok((s, _)) = l.accept()
-                        && hold
-                    {
-                        kept.push(s);
-                    }
-                }
-                kept
-            })
-        })
-        .collect();
-    std::thread::spawn(move || {
-        threads
-            .into_iter()
-            .flat_map(|t| t.join().unwrap_or_default())
-            .collect()
-    })
-}
-
-fn value(s: &Samples, key: &str) -> f64 {
-    s.get(key).copied().unwrap_or(0.0)
-}
-
-fn events(s: &Samples) -> f64 {
-    value(s, "geoip_exporter_events_read_total{kind=\"open\"}")
-        + value(s, "geoip_exporter_events_read_total{kind=\"close\"}")
-}
-
-/// CPU seconds (user + system) of a process, from /proc/PID/stat.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // Fields after the command: state is [0], utime [11], stime [12].
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    #[expect(
-        clippy::cast_precision_loss,
-        reason = "clock ticks per second is small"
-    )]
-    let hz = hz as f64;
-    ticks / hz
-}
-
-/// Resident memory of a process in bytes, from /proc/PID/status.
-fn rss_bytes(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb * 1024.0)
-}
-
-/// Sum of every opened and closed counter: what the table has done.
-fn table_work(s: &Samples) -> f64 {
-    s.iter()
-        .filter(|(k, _)| {
-            k.starts_with("geoip_connections_opened_total{")
-                || k.starts_with("geoip_connections_closed_total{")
-        })
-        .map(|(_, v)| v)
-        .sum()
-}
-
-/// Wait (at most 30 s) until the table stops changing. (Each scrape is a
-/// loopback connection, so the raw event count never stands still.)
-fn settle(exporter: &Exporter) -> Samples {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = -1.0;
-    loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let s = exporter.wait_for(|_| true);
-        if (table_work(&s) - last).abs() < f64::EPSILON || Instant::now() > deadline {
-            return s;
-        }
-        last = table_work(&s);
-    }
-}
-
 fn churn(net: &TestNet, exporter: &Exporter) -> Vec<(String, String)> {
     let stop = Arc::new(AtomicBool::new(false));
-    let srv = server(net, false, &stop);
-    let targets = [sock(DE_V4), sock(JP_V4), sock(BR_V6)];
+    let srv = server(net, &HOSTS, false, &stop, Duration::from_mins(2));
+    let targets = HOSTS.map(target);
     for t in &targets {
         net.check_route(t.ip());
     }
@@ -250,8 +126,8 @@ fn churn(net: &TestNet, exporter: &Exporter) -> Vec<(String, String)> {
 
 fn memory(net: &TestNet, exporter: &Exporter) -> Vec<(String, String)> {
     let stop = Arc::new(AtomicBool::new(false));
-    let srv = server(net, true, &stop);
-    let targets = [sock(DE_V4), sock(JP_V4), sock(BR_V6)];
+    let srv = server(net, &HOSTS, true, &stop, Duration::from_mins(2));
+    let targets = HOSTS.map(target);
     let before = settle(exporter);
     let rss0 = rss_bytes(exporter.pid());
     let mut held = Vec::with_capacity(HOLD);

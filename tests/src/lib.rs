@@ -4,6 +4,7 @@
 //! - [`netns`]: test hosts with public-looking addresses in a network
 //!   namespace the test creates;
 //! - [`exporter`]: runs the real binary and reads its `/metrics`;
+//! - [`load`]: load generation for the benchmark and the soak;
 //! - [`webdriver`]: drives headless Chromium for the map page's test.
 
 #![expect(
@@ -15,6 +16,7 @@
 
 pub mod exporter;
 pub mod fixtures;
+pub mod load;
 pub mod mmdb;
 pub mod netns;
 pub mod prometheus;

@@ -11,6 +11,7 @@
 //! - `run`: build, then exec the exporter (under sudo when needed).
 //! - `test`: unit tests, then the end-to-end tests against the real kernel.
 //! - `bench`: the load benchmark (`tests/benches/load.rs`).
+//! - `soak`: a bounded churn run (`tests/benches/soak.rs`).
 //! - `fetch_db`: download a free country database with the npm client;
 //!   `mmdb_check` opens and verifies it.
 
@@ -54,6 +55,12 @@ enum Command {
     FetchDb(fetch_db::Options),
     /// Load benchmark against the real kernel (root): churn and memory.
     Bench,
+    /// Bounded churn run against the real kernel (root), with reconciles and database reloads: exact counts and no memory growth afterwards.
+    Soak {
+        /// How long to churn, 60 to 600 seconds.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +72,7 @@ fn main() -> ExitCode {
         Command::Test(options) => test::run(&options),
         Command::FetchDb(options) => fetch_db::run(&options),
         Command::Bench => bench::run(),
+        Command::Soak { seconds } => bench::soak(seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
