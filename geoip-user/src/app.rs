@@ -7,18 +7,12 @@
 //! owns the connection table ([`EventLoop`]), the HTTP server reads
 //! metrics, and [`Reloader`] hands it new databases.
 
-use std::{
-    future::{Future, IntoFuture as _},
-    io,
-    net::SocketAddr,
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use std::{future::Future, io, net::SocketAddr, sync::atomic::Ordering, time::Duration};
 
 use tokio::{
     io::{Interest, unix::AsyncFd},
     net::TcpListener,
-    sync::{Notify, mpsc, oneshot},
+    sync::{mpsc, oneshot},
 };
 
 use crate::{
@@ -30,8 +24,9 @@ use crate::{
     metrics::Metrics,
     probe::{self, EventReader, ProbeError},
     reload::Reloader,
+    server::{self, Limits},
     snapshot::{self, Scope, Snapshot, SnapshotError},
-    table::{SyncKind, SyncReport, Tracker},
+    table::{ConnQuery, SyncKind, SyncReport, Tracker},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +70,11 @@ impl AppError {
 /// Decoded ring-buffer records.
 type Batch = Vec<Result<Event, DecodeError>>;
 
-/// How long the HTTP server may take to finish after SIGTERM before the
-/// remaining connections are cut.
+/// How long events are read after a snapshot ends before it is merged.
+const SETTLE: Duration = Duration::from_millis(5);
+
+/// How long requests in flight may take to finish after SIGTERM before
+/// their connections are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
@@ -107,7 +105,11 @@ pub(crate) async fn run(
 
     let metrics = Metrics::new(args.legacy_job_location)?;
     metrics.set_database_build(db.build_epoch);
-    let state = AppState::new(metrics.clone(), &args.telemetry_path, &db);
+    let (query_tx, query_rx) = mpsc::channel(4);
+    let mut state = AppState::new(metrics.clone(), &args.telemetry_path, &db);
+    if args.connections_api {
+        state = state.with_connections_api(query_tx);
+    }
     let tracker = Tracker::new(Exclusions::new(&args.exclude), geo, metrics.recorder());
 
     let probe = prepared.load_and_attach()?;
@@ -125,16 +127,7 @@ pub(crate) async fn run(
     } else {
         Scope::OwnUntagged
     };
-    let reconcile = match (scope, args.reconcile_interval) {
-        (_, Duration::ZERO) => None,
-        (Scope::OwnUntagged, _) => {
-            tracing::warn!(
-                "the periodic reconcile is off: namespaces cannot be told apart on this kernel"
-            );
-            None
-        }
-        (Scope::All, every) => Some(every),
-    };
+    let reconcile = reconcile_interval(scope, args.reconcile_interval);
 
     // Attached first, so nothing that opens from now on is missed; events
     // are applied while sock_diag enumerates what exists, and the merge
@@ -148,6 +141,7 @@ pub(crate) async fn run(
         scope,
         batch: Vec::new(),
         geo_updates: geo_rx,
+        queries: query_rx,
     };
     let startup = events.sync(SyncKind::Startup).await?;
     tracing::info!(
@@ -181,7 +175,14 @@ pub(crate) async fn run(
     let events = tokio::spawn(events.run(reconcile, state.clone()));
     let local = listener.local_addr().map_err(AppError::Serve)?;
     tracing::info!(address = %local, path = %args.telemetry_path, "serving metrics");
-    let served = serve(listener, router(state, &args.telemetry_path), shutdown).await;
+    let served = server::serve(
+        listener,
+        router(state, &args.telemetry_path),
+        limits(&args),
+        metrics,
+        shutdown,
+    )
+    .await;
     tracing::info!("shutting down: detaching the kernel program");
     reloader.abort();
     events.abort();
@@ -189,30 +190,28 @@ pub(crate) async fn run(
     served.map_err(AppError::Serve)
 }
 
-/// Serve HTTP until `shutdown`, then give the open requests
-/// [`SHUTDOWN_GRACE`] to finish before cutting them.
-async fn serve(
-    listener: TcpListener,
-    app: axum::Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
-    let stopping = Arc::new(Notify::new());
-    let signalled = stopping.clone();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            signalled.notify_one();
-        })
-        .into_future();
-    tokio::select! {
-        result = server => result,
-        () = async {
-            stopping.notified().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => {
-            tracing::info!("clients still connected after {SHUTDOWN_GRACE:?}; closing them");
-            Ok(())
+fn limits(args: &Args) -> Limits {
+    Limits {
+        max_connections: args.max_connections,
+        max_header_bytes: args.max_header_bytes,
+        header_timeout: args.header_timeout,
+        shutdown_grace: SHUTDOWN_GRACE,
+    }
+}
+
+/// The reconcile period, if it runs: not when disabled, and not when
+/// namespaces cannot be told apart (it would take containers'
+/// connections for stale ones).
+fn reconcile_interval(scope: Scope, every: Duration) -> Option<Duration> {
+    match (scope, every) {
+        (_, Duration::ZERO) => None,
+        (Scope::OwnUntagged, _) => {
+            tracing::warn!(
+                "the periodic reconcile is off: namespaces cannot be told apart on this kernel"
+            );
+            None
         }
+        (Scope::All, every) => Some(every),
     }
 }
 
@@ -233,6 +232,7 @@ struct EventLoop {
     scope: Scope,
     batch: Batch,
     geo_updates: mpsc::Receiver<Geo>,
+    queries: mpsc::Receiver<ConnQuery>,
 }
 
 impl EventLoop {
@@ -264,16 +264,34 @@ impl EventLoop {
                 }
             }
         };
-        self.merge(taken, kind).map_err(AppError::Snapshot)
+        self.merge(taken, kind).await.map_err(AppError::Snapshot)
     }
 
-    /// Merge a finished snapshot: first every event submitted before it
-    /// ended (they are all in the ring buffer by now).
-    fn merge(
+    /// Merge a finished snapshot, after applying every event of a state
+    /// change that happened before it ended. The kernel reserves an event
+    /// before the socket's state changes, but the ring buffer hands records
+    /// over in order and stops at one still being written by another CPU,
+    /// so events behind such a record may not be readable yet: reading on
+    /// for [`SETTLE`] (a program run takes microseconds, without
+    /// preemption) gets them all.
+    async fn merge(
         &mut self,
         taken: Result<Result<Snapshot, SnapshotError>, oneshot::error::RecvError>,
         kind: SyncKind,
     ) -> Result<Synced, SnapshotError> {
+        let settled = tokio::time::sleep(SETTLE);
+        tokio::pin!(settled);
+        loop {
+            tokio::select! {
+                () = &mut settled => break,
+                read = self.reader.read_batch(&mut self.batch) => {
+                    if read.is_err() {
+                        break;
+                    }
+                    self.apply_batch();
+                }
+            }
+        }
         self.reader.drain_now(&mut self.batch);
         self.apply_batch();
         let snap = match taken.unwrap_or(Err(SnapshotError::Lost)) {
@@ -334,11 +352,14 @@ impl EventLoop {
                 }
                 taken = wait(pending.as_mut()), if pending.is_some() => {
                     pending = None;
-                    let ok = self.merge(taken, SyncKind::Reconcile);
+                    let ok = self.merge(taken, SyncKind::Reconcile).await;
                     self.metrics.reconciled(ok.is_ok());
                     if let Err(err) = ok {
                         tracing::warn!(error = %crate::error_chain(&err), "reconcile failed; trying again at the next interval");
                     }
+                }
+                Some(query) = self.queries.recv() => {
+                    let _ = query.reply.send(self.tracker.list(query.limit));
                 }
                 Some(geo) = self.geo_updates.recv() => {
                     // Dropping the old database (its whole file in memory)

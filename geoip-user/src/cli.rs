@@ -50,6 +50,22 @@ pub(crate) struct Args {
     #[arg(long = "exclude", value_name = "CIDR", value_delimiter = ',')]
     pub(crate) exclude: Vec<Cidr>,
 
+    /// HTTP connections served at once; more are answered 503 and closed.
+    #[arg(long = "web.max-connections", value_name = "N", default_value_t = 64, value_parser = |v: &str| parse_count(v, 1, 4096))]
+    pub(crate) max_connections: usize,
+
+    /// Largest HTTP request line plus headers in bytes; larger requests get 431.
+    #[arg(long = "web.max-header-bytes", value_name = "BYTES", default_value_t = 16_384, value_parser = |v: &str| parse_count(v, 1024, 1_048_576))]
+    pub(crate) max_header_bytes: usize,
+
+    /// Time a client has to send a request's headers; also how long an idle kept-alive connection stays open.
+    #[arg(long = "web.read-header-timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
+    pub(crate) header_timeout: Duration,
+
+    /// Serve /api/v1/connections: every tracked connection with its remote address and port. Off by default: remote addresses are personal data in many jurisdictions; protect the endpoint (--web.config.file) before turning it on.
+    #[arg(long = "web.enable-connections-api")]
+    pub(crate) connections_api: bool,
+
     /// Also export the original tool's job_location{location} gauge (connections by country code, both directions), for dashboards built on sum(job_location) by (location).
     #[arg(long = "metrics.legacy-job-location")]
     pub(crate) legacy_job_location: bool,
@@ -159,6 +175,21 @@ pub(crate) fn parse_duration(value: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+fn parse_count(value: &str, min: usize, max: usize) -> Result<usize, String> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| format!("{value:?} is not a whole number from {min} to {max}"))
+}
+
+fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    match parse_duration(value)? {
+        Duration::ZERO => Err(format!("{value:?} must be longer than 0 (e.g. 10s)")),
+        d => Ok(d),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +206,10 @@ mod tests {
         assert_eq!(a.telemetry_path, "/metrics");
         assert!(a.exclude.is_empty());
         assert!(!a.legacy_job_location);
+        assert!(
+            !a.connections_api,
+            "remote addresses are not exposed by default"
+        );
         assert_eq!(a.ring_buffer_bytes, DEFAULT_RING_BYTES);
         assert_eq!(a.reconcile_interval, Duration::from_mins(1));
     }
@@ -190,6 +225,7 @@ mod tests {
             "203.0.113.0/24,2001:db8::/32",
             "--exclude=198.51.100.7",
             "--metrics.legacy-job-location",
+            "--web.enable-connections-api",
             "--ringbuf.size-bytes=8192",
             "--reconcile.interval=1m30s",
             "--log.level=debug",
@@ -200,7 +236,7 @@ mod tests {
         assert_eq!(a.listen_address, "127.0.0.1:9999".parse().unwrap());
         assert_eq!(a.telemetry_path, "/m");
         assert_eq!(a.exclude.len(), 3);
-        assert!(a.legacy_job_location && a.check);
+        assert!(a.legacy_job_location && a.check && a.connections_api);
         assert_eq!(a.ring_buffer_bytes, 8192);
         assert_eq!(a.reconcile_interval, Duration::from_secs(90));
         let old = parse(&["--kernel.ring-buffer-bytes=16384"]).unwrap();
@@ -235,6 +271,12 @@ mod tests {
             (vec!["--web.telemetry-path", "/"], "\"/\""),
             (vec!["--ringbuf.size-bytes", "5000"], "\"5000\""),
             (vec!["--reconcile.interval", "soon"], "\"soon\""),
+            (
+                vec!["--web.max-connections", "0"],
+                "\"0\" is not a whole number from 1",
+            ),
+            (vec!["--web.max-header-bytes", "10"], "\"10\""),
+            (vec!["--web.read-header-timeout", "0"], "\"0\""),
             (vec!["--log.level", "loud"], "loud"),
         ] {
             let err = parse(&args).unwrap_err();
@@ -255,6 +297,10 @@ mod tests {
             "--web.telemetry-path",
             "--exclude",
             "--metrics.legacy-job-location",
+            "--web.enable-connections-api",
+            "--web.max-connections",
+            "--web.max-header-bytes",
+            "--web.read-header-timeout",
             "--ringbuf.size-bytes",
             "--reconcile.interval",
             "--check",

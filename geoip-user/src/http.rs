@@ -10,17 +10,24 @@ use std::sync::{
 
 use axum::{
     Router,
-    extract::State,
+    extract::{RawQuery, State},
     http::{StatusCode, header},
     response::{Html, IntoResponse, Response},
     routing::get,
 };
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     geo::DatabaseInfo,
     metrics::{CountryCounts, Metrics},
     page,
+    table::{ConnList, ConnQuery},
 };
+
+/// `/api/v1/connections` answers at most this many connections.
+const CONNECTIONS_MAX: usize = 10_000;
+/// ... and this many when `limit` is not given.
+const CONNECTIONS_DEFAULT: usize = 1_000;
 
 /// What the handlers share; cheap to clone.
 #[derive(Clone)]
@@ -32,6 +39,10 @@ pub(crate) struct AppState {
     /// What depends on the database in use; replaced whole on a reload
     /// (the lock is held only to clone or swap the pointer).
     page: Arc<RwLock<Arc<Page>>>,
+    /// Where `/api/v1/connections` asks the table's task; `None` (the
+    /// default) leaves the endpoint out: remote addresses are personal
+    /// data.
+    connections: Option<mpsc::Sender<ConnQuery>>,
 }
 
 /// The rendered map page (cheap to clone per request) and the database it
@@ -48,7 +59,14 @@ impl AppState {
             healthy: Arc::new(AtomicBool::new(true)),
             telemetry_path: telemetry_path.into(),
             page: Arc::new(RwLock::new(Arc::new(Page::new(telemetry_path, database)))),
+            connections: None,
         }
+    }
+
+    /// Serve `/api/v1/connections`, asking `queries`.
+    pub(crate) fn with_connections_api(mut self, queries: mpsc::Sender<ConnQuery>) -> Self {
+        self.connections = Some(queries);
+        self
     }
 
     /// A new database is in use.
@@ -75,13 +93,68 @@ impl Page {
 }
 
 pub(crate) fn router(state: AppState, telemetry_path: &str) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/", get(landing))
         .route(telemetry_path, get(metrics))
         .route("/assets/world.json", get(world))
         .route("/healthz", get(healthz))
-        .route("/api/v1/countries", get(countries))
-        .with_state(state)
+        .route("/api/v1/countries", get(countries));
+    if state.connections.is_some() {
+        router = router.route("/api/v1/connections", get(connections));
+    }
+    router.with_state(state)
+}
+
+/// `?limit=N` of `/api/v1/connections`, 1 to [`CONNECTIONS_MAX`].
+fn parse_limit(query: Option<&str>) -> Result<usize, String> {
+    let mut limit = CONNECTIONS_DEFAULT;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("limit", value)) => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=CONNECTIONS_MAX).contains(n))
+                    .ok_or_else(|| {
+                        format!("limit {value:?} is not a number from 1 to {CONNECTIONS_MAX}")
+                    })?;
+            }
+            _ => return Err(format!("unknown parameter {pair:?}; the only one is limit")),
+        }
+    }
+    Ok(limit)
+}
+
+async fn connections(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    let limit = match parse_limit(query.as_deref()) {
+        Ok(limit) => limit,
+        Err(msg) => return (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response(),
+    };
+    let Some(queries) = &state.connections else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let (reply, answer) = oneshot::channel();
+    let asked = queries.send(ConnQuery { limit, reply }).await.is_ok();
+    let list: Option<ConnList> = if asked {
+        tokio::time::timeout(std::time::Duration::from_secs(2), answer)
+            .await
+            .ok()
+            .and_then(Result::ok)
+    } else {
+        None
+    };
+    match list {
+        Some(list) => ([(header::CACHE_CONTROL, "no-store")], axum::Json(list)).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the connection table did not answer; see the exporter's log\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -283,6 +356,37 @@ mod tests {
         assert_eq!(v["total"]["inbound"]["closed"], 1);
         assert_eq!(v["database"]["type"], "dbip-country <b>");
         assert!(v["time_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    }
+
+    #[tokio::test]
+    async fn connections_api_only_when_enabled_and_bounded() {
+        let (status, _, _) = get(router(state(), "/m"), "/api/v1/connections").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "off by default");
+
+        let (tx, mut rx) = mpsc::channel::<ConnQuery>(1);
+        tokio::spawn(async move {
+            while let Some(q) = rx.recv().await {
+                let _ = q.reply.send(ConnList {
+                    total: 5,
+                    connections: Vec::new(),
+                });
+                assert_eq!(q.limit, 7);
+            }
+        });
+        let app = router(state().with_connections_api(tx), "/m");
+        let (status, _, body) = get(app.clone(), "/api/v1/connections?limit=7").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, r#"{"total":5,"connections":[]}"#);
+        for (bad, needle) in [
+            ("limit=0", "limit \"0\""),
+            ("limit=10001", "limit \"10001\""),
+            ("limit=x", "limit \"x\""),
+            ("ip=1.2.3.4", "unknown parameter \"ip=1.2.3.4\""),
+        ] {
+            let (status, _, body) = get(app.clone(), &format!("/api/v1/connections?{bad}")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(body.contains(needle), "{bad}: {body}");
+        }
     }
 
     #[tokio::test]

@@ -14,7 +14,8 @@
 //! - [`table`]: the live connection table; [`geo`] answers its lookups,
 //!   [`reload`] swaps in a new database when its file changes.
 //! - [`metrics`]: the only module that touches prometheus types.
-//! - [`http`]: the router; [`page`]: the live map it serves at `/`.
+//! - [`http`]: the router; [`page`]: the live map it serves at `/`;
+//!   [`server`]: the HTTP server and its limits.
 //! - [`app`]: start-up order, tasks, shutdown.
 
 mod app;
@@ -29,6 +30,7 @@ mod namespaces;
 mod page;
 mod probe;
 mod reload;
+mod server;
 mod snapshot;
 mod table;
 mod tracefs;

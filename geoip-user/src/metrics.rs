@@ -43,6 +43,7 @@ struct Health {
     reconciles: IntCounterVec,
     namespaces: IntGaugeVec,
     snapshot_seconds: Gauge,
+    http_rejected: IntCounter,
 }
 
 impl Health {
@@ -84,6 +85,10 @@ impl Health {
             "geoip_exporter_snapshot_duration_seconds",
             "How long the last snapshot of the kernel's socket table (every network namespace) took.",
         ))?;
+        let http_rejected = IntCounter::with_opts(opts(
+            "geoip_exporter_http_connections_rejected_total",
+            "HTTP connections answered 503 and closed because --web.max-connections were already open.",
+        ))?;
         for result in ["success", "failure"] {
             database_reloads.with_label_values(&[result]);
             reconciles.with_label_values(&[result]);
@@ -100,6 +105,7 @@ impl Health {
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(namespaces.clone()))?;
         registry.register(Box::new(snapshot_seconds.clone()))?;
+        registry.register(Box::new(http_rejected.clone()))?;
         Ok(Self {
             database_reloads,
             database_reload_ok,
@@ -107,6 +113,7 @@ impl Health {
             reconciles,
             namespaces,
             snapshot_seconds,
+            http_rejected,
         })
     }
 }
@@ -268,6 +275,11 @@ impl Metrics {
             .with_label_values(&["unreadable"])
             .set(n(unreadable));
         self.health.snapshot_seconds.set(seconds);
+    }
+
+    /// An HTTP connection was refused: too many open.
+    pub(crate) fn http_rejected(&self) {
+        self.health.http_rejected.inc();
     }
 
     /// A reconcile ended (`ok`) or could not take its snapshot.

@@ -1,7 +1,10 @@
 //! The live connection table: every connection counted once when it opens
 //! and uncounted once when it closes.
 
-use std::collections::{HashMap, HashSet, hash_map::Entry};
+use std::{
+    collections::{HashMap, HashSet, hash_map::Entry},
+    net::IpAddr,
+};
 
 use crate::{
     events::{Change, ConnKey, Direction, Event},
@@ -55,6 +58,32 @@ pub(crate) struct SyncReport {
     pub(crate) removed: u64,
 }
 
+/// One tracked connection, as `/api/v1/connections` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct ConnView {
+    pub(crate) remote: IpAddr,
+    pub(crate) remote_port: u16,
+    pub(crate) local: IpAddr,
+    pub(crate) local_port: u16,
+    pub(crate) direction: &'static str,
+    pub(crate) country: String,
+    /// Inode number of the connection's network namespace.
+    pub(crate) netns: u32,
+}
+
+/// Up to `limit` tracked connections, and how many there are.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub(crate) struct ConnList {
+    pub(crate) total: usize,
+    pub(crate) connections: Vec<ConnView>,
+}
+
+/// A request for [`ConnList`], answered by the task that owns the table.
+pub(crate) struct ConnQuery {
+    pub(crate) limit: usize,
+    pub(crate) reply: tokio::sync::oneshot::Sender<ConnList>,
+}
+
 /// The connection table and everything it updates; owned by one task.
 pub(crate) struct Tracker {
     conns: HashMap<ConnKey, Tracked>,
@@ -94,6 +123,28 @@ impl Tracker {
 
     pub(crate) const fn recorder(&self) -> &Recorder {
         &self.recorder
+    }
+
+    /// Up to `limit` tracked connections (most recent remote addresses
+    /// first is not promised: the order is the table's).
+    pub(crate) fn list(&self, limit: usize) -> ConnList {
+        ConnList {
+            total: self.conns.len(),
+            connections: self
+                .conns
+                .iter()
+                .take(limit)
+                .map(|(key, t)| ConnView {
+                    remote: from_canonical(key.remote),
+                    remote_port: key.remote_port,
+                    local: from_canonical(key.local),
+                    local_port: key.local_port,
+                    direction: t.direction.as_str(),
+                    country: t.country.as_str().to_owned(),
+                    netns: key.netns,
+                })
+                .collect(),
+        }
     }
 
     /// Apply one kernel event.
@@ -358,6 +409,35 @@ mod tests {
         assert_eq!(conns(&m, "JP", "outbound"), 0);
         assert_eq!(conns(&m, "JP", "inbound"), 1);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn lists_connections_up_to_a_limit() {
+        let (mut t, _m) = tracker(&[]);
+        t.apply(&open(key("192.0.2.1", 443, 40001), Direction::Outbound));
+        t.apply(&open(key("2001:db8:1::5", 50000, 22), Direction::Inbound));
+        let all = t.list(10);
+        assert_eq!(all.total, 2);
+        let mut shown: Vec<String> = all
+            .connections
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}:{} {}",
+                    c.direction, c.remote, c.remote_port, c.country
+                )
+            })
+            .collect();
+        shown.sort();
+        assert_eq!(
+            shown,
+            [
+                "inbound 2001:db8:1::5:50000 BR",
+                "outbound 192.0.2.1:443 DE"
+            ]
+        );
+        let one = t.list(1);
+        assert_eq!((one.total, one.connections.len()), (2, 1));
     }
 
     #[test]

@@ -18,7 +18,6 @@ use geoip_tests::{
 };
 use maxminddb as _;
 use serde as _;
-use serde_json as _;
 
 const SERVICE_PORT: u16 = 8443;
 
@@ -241,6 +240,7 @@ fn exposes_the_metric_contract() {
             "geoip_exporter_events_lost_total counter",
             "geoip_exporter_events_read_total counter",
             "geoip_exporter_events_undecodable_total counter",
+            "geoip_exporter_http_connections_rejected_total counter",
             "geoip_exporter_lookup_errors_total counter",
             "geoip_exporter_network_namespaces gauge",
             "geoip_exporter_reconcile_corrections_total counter",
@@ -267,4 +267,46 @@ fn exposes_the_metric_contract() {
         Some(0),
         "SIGINT exits 0"
     );
+}
+
+/// `/api/v1/connections` shows remote addresses: absent unless enabled,
+/// then the real connection with its country.
+#[test]
+fn connections_api_only_when_enabled() {
+    let dir = temp_dir("connections-api");
+    let db = dir.join("test.mmdb");
+    write_database(&db);
+    let net = TestNet::create("capi", &[DE_V4]);
+    let _remote = net.serve(8444);
+    let conn = net.connect_to(sock(DE_V4, 8444));
+    let db_arg = db.to_str().expect("utf-8");
+
+    let off = Exporter::start(&dir, &["--geoip.database", db_arg]);
+    let (status, _) = off.get("/api/v1/connections").expect("request");
+    assert_eq!(status, 404, "not served by default");
+    assert_eq!(off.stop(libc::SIGTERM).code(), Some(0));
+
+    let on = Exporter::start(
+        &dir,
+        &["--geoip.database", db_arg, "--web.enable-connections-api"],
+    );
+    let (status, body) = on.get("/api/v1/connections?limit=100").expect("request");
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let local = conn.local_addr().expect("local address");
+    let ours: Vec<&serde_json::Value> = json["connections"]
+        .as_array()
+        .expect("connections array")
+        .iter()
+        .filter(|c| c["local_port"] == local.port())
+        .collect();
+    assert_eq!(ours.len(), 1, "{body}");
+    assert_eq!(ours[0]["remote"], DE_V4);
+    assert_eq!(ours[0]["remote_port"], 8444);
+    assert_eq!(ours[0]["direction"], "outbound");
+    assert_eq!(ours[0]["country"], "DE");
+    let (status, body) = on.get("/api/v1/connections?limit=0").expect("request");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(on.stop(libc::SIGTERM).code(), Some(0));
+    drop(conn);
 }
