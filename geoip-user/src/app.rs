@@ -7,7 +7,14 @@
 //! owns the connection table ([`EventLoop`]), the HTTP server reads
 //! metrics, and [`Reloader`] hands it new databases.
 
-use std::{future::Future, io, net::SocketAddr, sync::atomic::Ordering, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    io,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -20,19 +27,22 @@ use crate::{
     events::{DecodeError, Event},
     filter::Exclusions,
     geo::{Geo, OpenError},
-    http::{AppState, router},
+    http::{AppState, router, with_basic_auth},
     metrics::Metrics,
     probe::{self, EventReader, ProbeError},
     reload::Reloader,
-    server::{self, Limits},
+    server::{self, Limits, Transport},
     snapshot::{self, Scope, Snapshot, SnapshotError},
     table::{ConnQuery, SyncKind, SyncReport, Tracker},
+    webconfig::{BasicAuth, WebConfig, WebConfigError},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AppError {
     #[error(transparent)]
     Database(#[from] OpenError),
+    #[error(transparent)]
+    WebConfig(#[from] WebConfigError),
     #[error(
         "cannot listen on {addr}: address already in use; pass another --web.listen-address or stop what listens there"
     )]
@@ -61,7 +71,9 @@ impl AppError {
     /// 2 for what the user fixes with flags or input files, 1 otherwise.
     pub(crate) const fn exit_code(&self) -> u8 {
         match self {
-            Self::Database(_) | Self::AddrInUse { .. } | Self::Bind { .. } => 2,
+            Self::Database(_) | Self::WebConfig(_) | Self::AddrInUse { .. } | Self::Bind { .. } => {
+                2
+            }
             _ => 1,
         }
     }
@@ -100,6 +112,16 @@ pub(crate) async fn run(
         build_epoch = db.build_epoch,
         "GeoIP database opened"
     );
+    let (users, transport) = match &args.web_config {
+        Some(path) => {
+            let web = WebConfig::load(path)?;
+            let transport = web
+                .tls
+                .map_or(Transport::Plain, |t| Transport::Tls(Arc::new(t)));
+            (web.users, transport)
+        }
+        None => (HashMap::new(), Transport::Plain),
+    };
     let listener = bind(args.listen_address).await?;
     let prepared = probe::prepare(args.ring_buffer_bytes)?;
 
@@ -175,14 +197,11 @@ pub(crate) async fn run(
     let events = tokio::spawn(events.run(reconcile, state.clone()));
     let local = listener.local_addr().map_err(AppError::Serve)?;
     tracing::info!(address = %local, path = %args.telemetry_path, "serving metrics");
-    let served = server::serve(
-        listener,
-        router(state, &args.telemetry_path),
-        limits(&args),
-        metrics,
-        shutdown,
-    )
-    .await;
+    let mut app = router(state, &args.telemetry_path);
+    if !users.is_empty() {
+        app = with_basic_auth(app, Arc::new(BasicAuth::new(users)));
+    }
+    let served = server::serve(listener, app, limits(&args), transport, metrics, shutdown).await;
     tracing::info!("shutting down: detaching the kernel program");
     reloader.abort();
     events.abort();

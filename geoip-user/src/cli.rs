@@ -50,6 +50,10 @@ pub(crate) struct Args {
     #[arg(long = "exclude", value_name = "CIDR", value_delimiter = ',')]
     pub(crate) exclude: Vec<Cidr>,
 
+    /// Web configuration file (the format Prometheus exporters share): TLS certificate and key, optional client CA, basic_auth_users with bcrypt hashes. Certificate files are read again when they change.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    pub(crate) web_config: Option<PathBuf>,
+
     /// HTTP connections served at once; more are answered 503 and closed.
     #[arg(long = "web.max-connections", value_name = "N", default_value_t = 64, value_parser = |v: &str| parse_count(v, 1, 4096))]
     pub(crate) max_connections: usize,
@@ -298,6 +302,7 @@ mod tests {
             "--exclude",
             "--metrics.legacy-job-location",
             "--web.enable-connections-api",
+            "--web.config.file",
             "--web.max-connections",
             "--web.max-header-bytes",
             "--web.read-header-timeout",

@@ -6,7 +6,7 @@ use geoip_common::{
     AF_INET, AF_INET6, ConnEvent, DIRECTION_INBOUND, DIRECTION_OUTBOUND, KIND_CLOSE, KIND_OPEN,
 };
 
-use crate::filter::canonical;
+use crate::filter::{canonical, from_canonical};
 
 /// Who opened the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,7 +32,7 @@ impl Direction {
 /// ESTABLISHED sockets of the host (two containers may well hold the same
 /// 4-tuple), and the same whether it came from the kernel program or from
 /// `sock_diag`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct ConnKey {
     pub(crate) local: u128,
     pub(crate) remote: u128,
@@ -40,6 +40,19 @@ pub(crate) struct ConnKey {
     pub(crate) remote_port: u16,
     /// Inode number of the network namespace (0: not told apart).
     pub(crate) netns: u32,
+}
+
+impl std::fmt::Debug for ConnKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |a: u128, p: u16| std::net::SocketAddr::new(from_canonical(a), p);
+        write!(
+            f,
+            "{} -> {} (netns {})",
+            show(self.local, self.local_port),
+            show(self.remote, self.remote_port),
+            self.netns
+        )
+    }
 }
 
 /// What happened to a connection.

@@ -10,8 +10,9 @@ use std::sync::{
 
 use axum::{
     Router,
-    extract::{RawQuery, State},
+    extract::{RawQuery, Request, State},
     http::{StatusCode, header},
+    middleware::Next,
     response::{Html, IntoResponse, Response},
     routing::get,
 };
@@ -22,6 +23,7 @@ use crate::{
     metrics::{CountryCounts, Metrics},
     page,
     table::{ConnList, ConnQuery},
+    webconfig::BasicAuth,
 };
 
 /// `/api/v1/connections` answers at most this many connections.
@@ -103,6 +105,40 @@ pub(crate) fn router(state: AppState, telemetry_path: &str) -> Router {
         router = router.route("/api/v1/connections", get(connections));
     }
     router.with_state(state)
+}
+
+/// Require basic auth on every path but `/healthz` (which says only
+/// whether the exporter works, and which liveness probes must reach).
+pub(crate) fn with_basic_auth(router: Router, auth: Arc<BasicAuth>) -> Router {
+    router.layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| {
+            let auth = auth.clone();
+            async move {
+                if req.uri().path() == "/healthz" {
+                    return next.run(req).await;
+                }
+                let value = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                // bcrypt is slow on purpose: off the runtime's threads.
+                let ok = tokio::task::spawn_blocking(move || auth.check(value.as_deref()))
+                    .await
+                    .unwrap_or(false);
+                if ok {
+                    next.run(req).await
+                } else {
+                    (
+                        StatusCode::UNAUTHORIZED,
+                        [(header::WWW_AUTHENTICATE, "Basic realm=\"geoip-exporter\"")],
+                        "unauthorized\n",
+                    )
+                        .into_response()
+                }
+            }
+        },
+    ))
 }
 
 /// `?limit=N` of `/api/v1/connections`, 1 to [`CONNECTIONS_MAX`].

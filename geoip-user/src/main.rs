@@ -15,7 +15,8 @@
 //!   [`reload`] swaps in a new database when its file changes.
 //! - [`metrics`]: the only module that touches prometheus types.
 //! - [`http`]: the router; [`page`]: the live map it serves at `/`;
-//!   [`server`]: the HTTP server and its limits.
+//!   [`server`]: the HTTP server and its limits; [`webconfig`]: TLS and
+//!   basic auth from `--web.config.file`.
 //! - [`app`]: start-up order, tasks, shutdown.
 
 mod app;
@@ -34,6 +35,7 @@ mod server;
 mod snapshot;
 mod table;
 mod tracefs;
+mod webconfig;
 
 use std::{io::IsTerminal as _, process::ExitCode};
 

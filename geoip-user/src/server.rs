@@ -2,7 +2,9 @@
 //! runs on every host needs: a bound on concurrent connections (the rest
 //! get a quick 503), a bound on the request head, a timeout for reading
 //! it that is also the keep-alive idle timeout (a slow client cannot hold
-//! a connection), HTTP/1.1 only, and gzip when the client asks for it.
+//! a connection), HTTP/1.1 only, gzip when the client asks for it, and
+//! TLS when `--web.config.file` configures it (the handshake bounded by the
+//! same timeout).
 
 use std::{convert::Infallible, future::Future, io, sync::Arc, time::Duration};
 
@@ -13,7 +15,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::{
-    io::AsyncWriteExt as _,
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::{Semaphore, watch},
     task::JoinSet,
@@ -21,7 +23,7 @@ use tokio::{
 use tower::ServiceExt as _;
 use tower_http::compression::CompressionLayer;
 
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, webconfig::TlsReloader};
 
 /// What bounds the server.
 #[derive(Clone, Copy, Debug)]
@@ -37,6 +39,13 @@ pub(crate) struct Limits {
     pub(crate) shutdown_grace: Duration,
 }
 
+/// Plain TCP or TLS, from `--web.config.file`.
+#[derive(Clone)]
+pub(crate) enum Transport {
+    Plain,
+    Tls(Arc<TlsReloader>),
+}
+
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 44\r\n\r\ntoo many connections to the exporter; retry\n";
 
 /// Serve `app` on `listener` until `shutdown`, then give the requests in
@@ -45,6 +54,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    transport: Transport,
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
@@ -80,8 +90,20 @@ pub(crate) async fn serve(
         };
         let app = app.clone();
         let stop = stop_rx.clone();
+        let transport = transport.clone();
         connections.spawn(async move {
-            serve_connection(stream, app, limits, stop).await;
+            match transport {
+                Transport::Plain => serve_connection(stream, app, limits, stop).await,
+                Transport::Tls(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => serve_connection(stream, app, limits, stop).await,
+                        Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -111,7 +133,7 @@ async fn refuse(mut stream: TcpStream) {
 }
 
 async fn serve_connection(
-    stream: TcpStream,
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     app: Router,
     limits: Limits,
     mut stop: watch::Receiver<bool>,

@@ -172,6 +172,7 @@ impl Tracker {
             Entry::Occupied(mut entry) => {
                 let old = *entry.get();
                 if old.direction != direction {
+                    tracing::debug!(key = ?entry.key(), ?direction, "open of a tracked connection the other way round");
                     // The same 4-tuple the other way round: the old
                     // connection is gone, its close was lost.
                     entry.get_mut().direction = direction;
@@ -242,6 +243,9 @@ impl Tracker {
                 || (namespaces.contains(&key.netns) && !snapshot.unreadable.contains(&key.netns));
             let stale = covered && !seen.contains_key(key) && !touched.contains(key);
             if stale {
+                if kind == SyncKind::Reconcile {
+                    tracing::debug!(?key, "reconcile: no longer ESTABLISHED, uncounted");
+                }
                 recorder.closed(tracked.country, tracked.direction);
                 report.removed += 1;
             }
@@ -249,6 +253,13 @@ impl Tracker {
         });
         for (key, direction) in seen {
             if !touched.contains(&key) && !self.conns.contains_key(&key) {
+                if kind == SyncKind::Reconcile {
+                    tracing::debug!(
+                        ?key,
+                        ?direction,
+                        "reconcile: ESTABLISHED but untracked, counted"
+                    );
+                }
                 self.open(key, direction);
                 report.added += 1;
             }

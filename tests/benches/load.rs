@@ -22,6 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bcrypt as _;
 use geoip_tests::{
     exporter::{Exporter, cd, temp_dir},
     fixtures::{BR_V6, DE_V4, JP_V4, write_database},

@@ -28,6 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bcrypt as _;
 use geoip_tests::{
     exporter::{Exporter, Samples, temp_dir},
     fixtures::{BR_V4, JP_V6, write_database},
@@ -124,6 +125,7 @@ fn main() {
             "--geoip.database",
             db.to_str().expect("utf-8"),
             "--reconcile.interval=10s",
+            "--log.level=debug",
         ],
     );
     let lifetime = duration + Duration::from_mins(1);

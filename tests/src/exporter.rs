@@ -72,6 +72,12 @@ impl Exporter {
     /// wait until it serves `/metrics` (it serves only once the start-up
     /// snapshot is merged).
     pub fn start(dir: &Path, args: &[&str]) -> Self {
+        Self::start_until(dir, args, |addr| http_get(addr, "/metrics").is_ok())
+    }
+
+    /// Start the binary as [`Self::start`] does, and wait until `ready`
+    /// says it serves (e.g. over TLS).
+    pub fn start_until(dir: &Path, args: &[&str], ready: impl Fn(SocketAddr) -> bool) -> Self {
         let port = free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = dir.join(format!("exporter-{port}.log"));
@@ -93,7 +99,7 @@ impl Exporter {
                     exporter.log()
                 );
             }
-            if exporter.get("/metrics").is_ok() {
+            if ready(exporter.addr) {
                 return exporter;
             }
             assert!(

@@ -14,6 +14,9 @@
     reason = "test support: a panic is how it reports a failed test"
 )]
 
+#[cfg(test)]
+use bcrypt as _;
+
 pub mod exporter;
 pub mod fixtures;
 pub mod load;

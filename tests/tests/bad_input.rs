@@ -9,6 +9,7 @@ use std::{
     process::{Command, Output},
 };
 
+use bcrypt as _;
 use geoip_tests::{
     exporter::{bin, free_port, run_command_to_exit, run_to_exit, temp_dir},
     fixtures::{write_asn_database, write_database},

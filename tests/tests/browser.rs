@@ -7,6 +7,7 @@
 
 use std::{collections::BTreeMap, net::TcpStream, path::Path, time::Duration};
 
+use bcrypt as _;
 use geoip_tests::{
     exporter::{Exporter, temp_dir},
     fixtures::{BR_V6, DE_V4, JP_V4},

@@ -18,6 +18,7 @@ use std::{
     process::Command,
 };
 
+use bcrypt as _;
 use geoip_tests::{
     exporter::{Exporter, nonzero, run_command_to_exit, temp_dir},
     fixtures::write_database,

@@ -11,6 +11,7 @@ use std::{
     net::{TcpListener, TcpStream},
 };
 
+use bcrypt as _;
 use geoip_tests::{
     exporter::{Exporter, Samples, cd, nonzero, promtool_check_metrics, temp_dir},
     fixtures::*,

@@ -19,6 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bcrypt as _;
 use geoip_tests::{
     exporter::{Exporter, Samples, cd, http_get, nonzero, temp_dir},
     fixtures::{DE_V4, JP_V4, write_asn_database, write_database},

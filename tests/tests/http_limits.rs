@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bcrypt as _;
 use geoip_tests::{
     exporter::{Exporter, temp_dir},
     fixtures::write_database,

@@ -21,6 +21,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use bcrypt as _;
 use geoip_tests::{
     exporter::{Exporter, promtool_check_metrics, temp_dir},
     fixtures::write_database,
