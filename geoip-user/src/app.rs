@@ -3,7 +3,9 @@
 //! Order matters: every check that changes nothing in the kernel runs first
 //! (database, listen address, privileges, tracefs), so a bad flag leaves
 //! nothing half-started; then the program is attached, then the existing
-//! connections are enumerated, then both are merged. After that one task
+//! connections are enumerated, then both are merged. Everything that needs
+//! privileges happens in [`start`], before any thread but the main one
+//! exists, which then drops its capabilities. After that one task
 //! owns the connection table ([`EventLoop`]), the HTTP server reads
 //! metrics, and [`Reloader`] hands it new databases.
 
@@ -23,16 +25,17 @@ use tokio::{
 };
 
 use crate::{
+    caps,
     cli::Args,
     events::{DecodeError, Event},
     filter::Exclusions,
     geo::{Geo, OpenError},
     http::{AppState, router, with_basic_auth},
     metrics::Metrics,
-    probe::{self, EventReader, ProbeError},
+    probe::{self, EventReader, Probe, ProbeError},
     reload::Reloader,
     server::{self, Limits, Transport},
-    snapshot::{self, Scope, Snapshot, SnapshotError},
+    snapshot::{Scope, Snapshot, SnapshotError, Snapshotter},
     table::{ConnQuery, SyncKind, SyncReport, Tracker},
     webconfig::{BasicAuth, WebConfig, WebConfigError},
 };
@@ -89,23 +92,37 @@ const SETTLE: Duration = Duration::from_millis(5);
 /// their connections are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr).await.map_err(|source| {
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, AppError> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|source| {
         if source.kind() == io::ErrorKind::AddrInUse {
             AppError::AddrInUse { addr, source }
         } else {
             AppError::Bind { addr, source }
         }
-    })
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| AppError::Bind { addr, source })?;
+    Ok(listener)
 }
 
-/// Run the exporter until `shutdown` completes.
-pub(crate) async fn run(
-    args: Args,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), AppError> {
+/// What the privileged start-up made, for [`run`].
+pub(crate) struct Started {
+    geo: Geo,
+    users: HashMap<String, String>,
+    transport: Transport,
+    listener: std::net::TcpListener,
+    probe: Probe,
+    snapshotter: Snapshotter,
+}
+
+/// Everything that needs privileges, on the main thread before any other
+/// thread exists: check the inputs, load and attach the kernel program,
+/// start the snapshot thread; then drop every capability of this thread
+/// (threads made later, the runtime's included, inherit none).
+pub(crate) fn start(args: &Args) -> Result<Started, AppError> {
     let geo = Geo::open(&args.database)?;
-    let db = geo.info().clone();
+    let db = geo.info();
     tracing::info!(
         path = %db.path.display(),
         database_type = %db.database_type,
@@ -122,9 +139,48 @@ pub(crate) async fn run(
         }
         None => (HashMap::new(), Transport::Plain),
     };
-    let listener = bind(args.listen_address).await?;
-    let prepared = probe::prepare(args.ring_buffer_bytes)?;
+    let listener = bind(args.listen_address)?;
+    let probe = probe::prepare(args.ring_buffer_bytes)?.load_and_attach()?;
+    tracing::info!(
+        ring_buffer_bytes = args.ring_buffer_bytes,
+        "kernel program attached to sock/inet_sock_set_state"
+    );
+    let snapshotter = Snapshotter::start()?;
+    match caps::restrict_thread(0) {
+        Ok(_) => tracing::info!(
+            "capabilities dropped (the snapshot thread keeps CAP_SYS_ADMIN and CAP_SYS_PTRACE to enter network namespaces)"
+        ),
+        Err(err) => tracing::warn!(error = %err, "cannot drop capabilities"),
+    }
+    Ok(Started {
+        geo,
+        users,
+        transport,
+        listener,
+        probe,
+        snapshotter,
+    })
+}
 
+/// Run the exporter until `shutdown` completes.
+pub(crate) async fn run(
+    args: Args,
+    started: Started,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    let Started {
+        geo,
+        users,
+        transport,
+        listener,
+        probe,
+        snapshotter,
+    } = started;
+    let db = geo.info().clone();
+    let listener = TcpListener::from_std(listener).map_err(|source| AppError::Bind {
+        addr: args.listen_address,
+        source,
+    })?;
     let metrics = Metrics::new(args.legacy_job_location)?;
     metrics.set_database_build(db.build_epoch);
     let (query_tx, query_rx) = mpsc::channel(4);
@@ -133,12 +189,6 @@ pub(crate) async fn run(
         state = state.with_connections_api(query_tx);
     }
     let tracker = Tracker::new(Exclusions::new(&args.exclude), geo, metrics.recorder());
-
-    let probe = prepared.load_and_attach()?;
-    tracing::info!(
-        ring_buffer_bytes = args.ring_buffer_bytes,
-        "kernel program attached to sock/inet_sock_set_state"
-    );
     let lost = probe.lost;
     metrics.register_lost_events(Box::new(move || probe::lost_events(&lost)))?;
     if let Some(logger) = probe.logger {
@@ -157,9 +207,10 @@ pub(crate) async fn run(
     // say, so each one counts once.
     let (geo_tx, geo_rx) = mpsc::channel(1);
     let mut events = EventLoop {
-        reader: probe.events,
+        reader: EventReader::new(probe.ring)?,
         tracker,
         metrics: metrics.clone(),
+        snapshotter,
         scope,
         batch: Vec::new(),
         geo_updates: geo_rx,
@@ -248,6 +299,7 @@ struct EventLoop {
     reader: EventReader,
     tracker: Tracker,
     metrics: Metrics,
+    snapshotter: Snapshotter,
     scope: Scope,
     batch: Batch,
     geo_updates: mpsc::Receiver<Geo>,
@@ -272,7 +324,7 @@ impl EventLoop {
     /// Take a snapshot while applying events, then merge it.
     async fn sync(&mut self, kind: SyncKind) -> Result<Synced, AppError> {
         self.tracker.begin_sync();
-        let snapshot = snapshot::spawn(self.scope)?;
+        let snapshot = self.snapshotter.request(self.scope)?;
         tokio::pin!(snapshot);
         let taken = loop {
             tokio::select! {
@@ -360,7 +412,7 @@ impl EventLoop {
                 }
                 () = tick(every.as_mut()), if pending.is_none() => {
                     self.tracker.begin_sync();
-                    match snapshot::spawn(self.scope) {
+                    match self.snapshotter.request(self.scope) {
                         Ok(rx) => pending = Some(rx),
                         Err(err) => {
                             self.tracker.abort_sync();

@@ -21,6 +21,7 @@
 
 mod app;
 mod btf;
+mod caps;
 mod cli;
 mod events;
 mod filter;
@@ -44,6 +45,15 @@ use clap::Parser as _;
 fn main() -> ExitCode {
     let args = cli::Args::parse();
     init_logging(args.log_level);
+    // Privileged work first, on this thread alone; the runtime's threads
+    // are made after the capabilities are dropped.
+    let started = match app::start(&args) {
+        Ok(started) => started,
+        Err(err) => {
+            report(&err);
+            return ExitCode::from(err.exit_code());
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -55,7 +65,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(app::run(args, shutdown_signal())) {
+    match runtime.block_on(app::run(args, started, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             report(&err);

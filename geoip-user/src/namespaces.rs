@@ -128,6 +128,11 @@ pub(crate) fn enter(ns: &NetNs) -> io::Result<()> {
             format!("{} is another namespace now", ns.path.display()),
         ));
     }
+    enter_file(&file)
+}
+
+/// Move the calling thread into the namespace `file` (an nsfs file) is.
+pub(crate) fn enter_file(file: &File) -> io::Result<()> {
     // SAFETY: setns(2) on this thread with a descriptor we hold open.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc == 0 {

@@ -20,16 +20,13 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
     btf::Btf,
+    caps::{self, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN},
     events::{DecodeError, Event, decode},
     tracefs::{self, TracefsError},
 };
 
 /// The kernel program, built by `build.rs` with aya-build.
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/geoip"));
-
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProbeError {
@@ -64,32 +61,18 @@ pub(crate) enum ProbeError {
     Poll(#[source] io::Error),
 }
 
-/// Effective capabilities of this process (`CapEff` in /proc/self/status).
-fn effective_capabilities() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))?
-        .trim();
-    u64::from_str_radix(hex, 16).ok()
-}
-
 /// Fail early, with what is missing, when the process cannot load the
 /// program: `CAP_SYS_ADMIN`, or `CAP_BPF` and `CAP_PERFMON`.
 pub(crate) fn check_capabilities() -> Result<(), ProbeError> {
-    let Some(caps) = effective_capabilities() else {
+    let Ok(sets) = caps::current() else {
         // Cannot tell: let the kernel decide and report.
         return Ok(());
     };
-    let has = |cap: u32| caps & (1 << cap) != 0;
+    let has = |cap: u32| sets.effective & caps::bit(cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());
     }
-    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
-        .into_iter()
-        .filter(|(cap, _)| !has(*cap))
-        .map(|(_, name)| name)
-        .collect();
+    let missing = caps::names((caps::bit(CAP_BPF) | caps::bit(CAP_PERFMON)) & !sets.effective);
     Err(ProbeError::Capabilities {
         missing: missing.join(" and "),
     })
@@ -131,7 +114,8 @@ pub(crate) struct Probe {
     _ebpf: Ebpf,
     /// The kernel program's log lines (aya-log), if it has any.
     pub(crate) logger: Option<aya_log::EbpfLogger<TracingLog>>,
-    pub(crate) events: EventReader,
+    /// The ring buffer; [`EventReader::new`] reads it inside the runtime.
+    pub(crate) ring: RingBuf<MapData>,
     pub(crate) lost: PerCpuArray<MapData, u64>,
     /// Whether events carry their socket's network namespace.
     pub(crate) namespaces: bool,
@@ -170,15 +154,10 @@ impl Prepared {
             .map_err(ProbeError::Attach)?;
         let ring = take_map(&mut ebpf, EVENTS_MAP, RingBuf::try_from)?;
         let lost = take_map(&mut ebpf, LOST_MAP, PerCpuArray::try_from)?;
-        // SAFETY: the ring buffer owns its descriptor and neither replaces
-        // nor closes it while the AsyncFd holds it.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|e| ProbeError::Poll(e.into_parts().1))?;
-        let events = EventReader::new(ring);
         Ok(Probe {
             _ebpf: ebpf,
             logger,
-            events,
+            ring,
             lost,
             namespaces: self.sock_layout.enabled != 0,
         })
@@ -214,10 +193,15 @@ pub(crate) struct EventReader {
 }
 
 impl EventReader {
-    fn new(ring: AsyncFd<RingBuf<MapData>>) -> Self {
+    /// Read `ring` from this runtime (call inside it).
+    pub(crate) fn new(ring: RingBuf<MapData>) -> Result<Self, ProbeError> {
+        // SAFETY: the ring buffer owns its descriptor and neither replaces
+        // nor closes it while the AsyncFd holds it.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| ProbeError::Poll(e.into_parts().1))?;
         let mut drain = tokio::time::interval(DRAIN_INTERVAL);
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Self { ring, drain }
+        Ok(Self { ring, drain })
     }
 
     /// Decode up to [`BATCH`] records onto `out`, waiting for a wake-up

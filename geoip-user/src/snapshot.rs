@@ -10,6 +10,7 @@
 
 use std::{
     collections::HashSet,
+    fs::File,
     io,
     net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -20,6 +21,7 @@ use bytemuck::{Pod, Zeroable};
 use geoip_common::{AF_INET, AF_INET6, IPPROTO_TCP, tcp_state};
 
 use crate::{
+    caps::{self, CAP_SYS_ADMIN, CAP_SYS_PTRACE},
     events::{ConnKey, Direction},
     filter::canonical,
     namespaces::{self, NetNs},
@@ -105,6 +107,8 @@ pub(crate) enum SnapshotError {
     Thread(#[source] io::Error),
     #[error("the snapshot thread stopped without an answer")]
     Lost,
+    #[error("the snapshot thread could not return to the exporter's network namespace")]
+    Stranded,
 }
 
 /// Which namespaces a snapshot covers.
@@ -131,24 +135,73 @@ pub(crate) struct Snapshot {
     pub(crate) elapsed: Duration,
 }
 
-/// Take a snapshot on a thread of its own (it enters other namespaces,
-/// which must never happen to a runtime thread); the answer arrives on
-/// the returned channel.
-pub(crate) fn spawn(
-    scope: Scope,
-) -> Result<tokio::sync::oneshot::Receiver<Result<Snapshot, SnapshotError>>, SnapshotError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("geoip-snapshot".into())
-        .spawn(move || {
-            let _ = tx.send(take(scope));
-        })
-        .map_err(SnapshotError::Thread)?;
-    Ok(rx)
+type Reply = tokio::sync::oneshot::Sender<Result<Snapshot, SnapshotError>>;
+
+/// The one thread that takes snapshots. It enters other namespaces (which
+/// must never happen to a runtime thread), so it is the one thread that
+/// keeps `CAP_SYS_ADMIN` and `CAP_SYS_PTRACE`: it is started before the
+/// exporter drops its capabilities, and drops every other one itself.
+pub(crate) struct Snapshotter {
+    requests: std::sync::mpsc::Sender<(Scope, Reply)>,
+}
+
+impl Snapshotter {
+    /// Start the thread (call it while the process still has its
+    /// capabilities).
+    pub(crate) fn start() -> Result<Self, SnapshotError> {
+        let (requests, incoming) = std::sync::mpsc::channel::<(Scope, Reply)>();
+        let home = File::open("/proc/thread-self/ns/net").map_err(SnapshotError::OwnNamespace)?;
+        std::thread::Builder::new()
+            .name("geoip-snapshot".into())
+            .spawn(move || {
+                let keep = caps::bit(CAP_SYS_ADMIN) | caps::bit(CAP_SYS_PTRACE);
+                match caps::restrict_thread(keep) {
+                    Ok(sets) if sets.permitted & keep != keep => {
+                        tracing::warn!(
+                            missing = ?caps::names(keep & !sets.permitted),
+                            "without these capabilities only the exporter's own network namespace is snapshotted and reconciled; connections in other namespaces (containers) are counted from events alone"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "cannot drop the snapshot thread's capabilities"),
+                }
+                let mut broken = false;
+                for (scope, reply) in incoming {
+                    let answer = if broken {
+                        Err(SnapshotError::Stranded)
+                    } else {
+                        let answer = take(scope);
+                        // Back home for the next one, whatever happened.
+                        if let Err(err) = namespaces::enter_file(&home) {
+                            tracing::error!(error = %err, "the snapshot thread cannot return to the exporter's network namespace; no more snapshots");
+                            broken = true;
+                        }
+                        answer
+                    };
+                    let _ = reply.send(answer);
+                }
+            })
+            .map_err(SnapshotError::Thread)?;
+        Ok(Self { requests })
+    }
+
+    /// Ask for a snapshot; the answer arrives on the returned channel.
+    pub(crate) fn request(
+        &self,
+        scope: Scope,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Snapshot, SnapshotError>>, SnapshotError>
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.requests
+            .send((scope, tx))
+            .map_err(|_| SnapshotError::Lost)?;
+        Ok(rx)
+    }
 }
 
 /// Dump the exporter's own namespace, then (for [`Scope::All`]) enter
-/// each other one in turn. Must run on a thread of its own.
+/// each other one in turn. Runs on the snapshot thread, which starts in
+/// the exporter's namespace.
 fn take(scope: Scope) -> Result<Snapshot, SnapshotError> {
     let start = Instant::now();
     let own = namespaces::own().map_err(SnapshotError::OwnNamespace)?;

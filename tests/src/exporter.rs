@@ -27,6 +27,55 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A fresh directory `name` an unprivileged user can read, holding a copy
+/// of the binary and the test database: (binary, database).
+pub fn world_readable(name: &str) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = temp_dir(name);
+    let mode = |p: &Path, m: u32| {
+        fs::set_permissions(p, fs::Permissions::from_mode(m))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
+    };
+    mode(&dir, 0o755);
+    let exe = dir.join("geoip-exporter");
+    fs::copy(bin(), &exe).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (build it: cargo build --release -p geoip-user)",
+            bin().display()
+        )
+    });
+    mode(&exe, 0o755);
+    let db = dir.join("test.mmdb");
+    crate::fixtures::write_database(&db);
+    mode(&db, 0o644);
+    (exe, db)
+}
+
+/// `setpriv` running as `uid` with exactly `caps` (lower case, no `cap_`)
+/// as its permitted, effective, inheritable, ambient and bounding sets, and
+/// `no_new_privs`, as systemd or a container runtime would start it.
+pub fn setpriv(uid: u32, caps: &[String]) -> Command {
+    let list = caps
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let set = if list.is_empty() {
+        "-all".to_owned()
+    } else {
+        format!("-all,{list}")
+    };
+    let mut cmd = Command::new("setpriv");
+    cmd.arg("--no-new-privs")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .arg(format!("--inh-caps={set}"))
+        .arg(format!("--ambient-caps={set}"))
+        .arg(format!("--bounding-set={set}"));
+    cmd
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -78,18 +127,25 @@ impl Exporter {
     /// Start the binary as [`Self::start`] does, and wait until `ready`
     /// says it serves (e.g. over TLS).
     pub fn start_until(dir: &Path, args: &[&str], ready: impl Fn(SocketAddr) -> bool) -> Self {
+        let mut cmd = Command::new(bin());
+        cmd.args(args);
+        Self::start_command(dir, cmd, ready)
+    }
+
+    /// Start `cmd` (the binary, or a wrapper such as setpriv running it)
+    /// with a listen address of its own appended, and wait until `ready`.
+    pub fn start_command(dir: &Path, mut cmd: Command, ready: impl Fn(SocketAddr) -> bool) -> Self {
         let port = free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = dir.join(format!("exporter-{port}.log"));
         let log_file = fs::File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
-        let child = Command::new(bin())
-            .args(args)
+        let child = cmd
             .arg(format!("--web.listen-address={addr}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin().display()));
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let mut exporter = Self { child, addr, log };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

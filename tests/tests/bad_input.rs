@@ -4,14 +4,13 @@
 use std::{
     fs,
     net::TcpListener,
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Output},
 };
 
 use bcrypt as _;
 use geoip_tests::{
-    exporter::{bin, free_port, run_command_to_exit, run_to_exit, temp_dir},
+    exporter::{bin, free_port, run_command_to_exit, run_to_exit, temp_dir, world_readable},
     fixtures::{write_asn_database, write_database},
 };
 use libc as _;
@@ -175,21 +174,9 @@ fn address_in_use_is_a_usage_error_before_anything_is_loaded() {
     );
 }
 
-/// Copy the binary and database where an unprivileged user can read them.
-fn world_readable(dir: &Path) -> (PathBuf, PathBuf) {
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod dir");
-    let exe = dir.join("geoip-exporter");
-    fs::copy(bin(), &exe).expect("copy binary");
-    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).expect("chmod exe");
-    let db = good_db(dir);
-    fs::set_permissions(&db, fs::Permissions::from_mode(0o644)).expect("chmod db");
-    (exe, db)
-}
-
 #[test]
 fn without_privileges_it_says_which_capabilities_are_missing() {
-    let dir = temp_dir("unprivileged");
-    let (exe, db) = world_readable(&dir);
+    let (exe, db) = world_readable("unprivileged");
     let out = run_command_to_exit(
         Command::new("setpriv")
             .args([

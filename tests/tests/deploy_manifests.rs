@@ -13,15 +13,13 @@
 use std::{
     collections::BTreeSet,
     fs,
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Output},
 };
 
 use bcrypt as _;
-use geoip_tests::{
-    exporter::{bin, free_port, run_command_to_exit, temp_dir},
-    fixtures::write_database,
+use geoip_tests::exporter::{
+    bin, free_port, run_command_to_exit, setpriv, temp_dir, world_readable,
 };
 use libc as _;
 use maxminddb as _;
@@ -334,50 +332,6 @@ fn unit_value(unit: &str, key: &str) -> String {
 
 fn words(value: &str) -> BTreeSet<String> {
     value.split_whitespace().map(str::to_owned).collect()
-}
-
-/// The binary and a test database in a directory every user can read, so
-/// that it runs as an unprivileged user.
-fn world_readable(name: &str) -> (PathBuf, PathBuf) {
-    let dir = temp_dir(name);
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod dir");
-    let exe = dir.join("geoip-exporter");
-    fs::copy(bin(), &exe).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (build it: cargo build --release -p geoip-user)",
-            bin().display()
-        )
-    });
-    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).expect("chmod exe");
-    let db = dir.join("test.mmdb");
-    write_database(&db);
-    fs::set_permissions(&db, fs::Permissions::from_mode(0o644)).expect("chmod db");
-    (exe, db)
-}
-
-/// `setpriv` running as `uid` with exactly `caps` (lower case, no `cap_`)
-/// as its permitted, effective, inheritable, ambient and bounding sets, and
-/// `no_new_privs`, as systemd or a container runtime would start it.
-fn setpriv(uid: u32, caps: &[String]) -> Command {
-    let list = caps
-        .iter()
-        .map(|c| format!("+{c}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let set = if list.is_empty() {
-        "-all".to_owned()
-    } else {
-        format!("-all,{list}")
-    };
-    let mut cmd = Command::new("setpriv");
-    cmd.arg("--no-new-privs")
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={uid}"))
-        .arg("--clear-groups")
-        .arg(format!("--inh-caps={set}"))
-        .arg(format!("--ambient-caps={set}"))
-        .arg(format!("--bounding-set={set}"));
-    cmd
 }
 
 /// `geoip-exporter --check` with the test database on a free loopback port.

@@ -21,7 +21,7 @@ use std::{
 
 use bcrypt as _;
 use geoip_tests::{
-    exporter::{Exporter, Samples, cd, http_get, nonzero, temp_dir},
+    exporter::{Exporter, Samples, cd, http_get, nonzero, setpriv, temp_dir, world_readable},
     fixtures::{DE_V4, JP_V4, write_asn_database, write_database},
     mmdb::{Value, Writer},
     netns::{Container, TestNet, sock},
@@ -515,4 +515,130 @@ fn sigterm_during_a_burst_exits_fast_and_leaves_nothing() {
         );
     }
     assert_eq!(pinned(), pinned_before, "nothing pinned in /sys/fs/bpf");
+}
+
+/// Per thread of process `pid`: (name, effective, permitted capabilities).
+fn thread_caps(pid: u32) -> Vec<(String, u64, u64)> {
+    let mut out = Vec::new();
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).expect("task dir");
+    for task in tasks.flatten() {
+        let Ok(status) = fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let hex = |name: &str| u64::from_str_radix(&field(name), 16).expect("capability mask");
+        out.push((field("Name:"), hex("CapEff:"), hex("CapPrm:")));
+    }
+    out
+}
+
+/// As an unprivileged user with exactly `CAP_BPF`, `CAP_PERFMON`,
+/// `CAP_DAC_READ_SEARCH` (tracefs), `CAP_SYS_ADMIN` and `CAP_SYS_PTRACE`
+/// (other namespaces): it counts a container's connections from start-up,
+/// and after start-up no thread but the snapshot thread holds any
+/// capability, that one only the last two. Without them it still runs,
+/// says what it misses, and counts from events.
+#[test]
+fn minimal_capabilities_then_dropped_after_start_up() {
+    const SYS_PTRACE: u64 = 1 << 19;
+    const SYS_ADMIN: u64 = 1 << 21;
+    let (exe, db) = world_readable("minimal-caps");
+    let dir = exe.parent().expect("dir").to_owned();
+    let server = sock("192.0.2.60", 8080);
+    let c = Container::create("capc", &["192.0.2.60", "192.0.2.61"]);
+    let listener = c.listen(server);
+    let before = c.connect(sock("192.0.2.61", 40000), &listener);
+
+    let minimal: Vec<String> = [
+        "bpf",
+        "perfmon",
+        "dac_read_search",
+        "sys_admin",
+        "sys_ptrace",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut cmd = setpriv(65_534, &minimal);
+    cmd.arg(&exe).args([
+        "--geoip.database",
+        db.to_str().expect("utf-8"),
+        "--reconcile.interval=1s",
+    ]);
+    let exporter = Exporter::start_command(&dir, cmd, |addr| http_get(addr, "/metrics").is_ok());
+    let s = exporter
+        .wait_for(|s| value(s, "geoip_exporter_reconciles_total{result=\"success\"}") >= 1.0);
+    assert_eq!(
+        (conns(&s, "DE", "outbound"), conns(&s, "DE", "inbound")),
+        (1.0, 1.0),
+        "the container's connection, found at start-up: {}",
+        exporter.log()
+    );
+    assert_eq!(
+        value(
+            &s,
+            "geoip_exporter_network_namespaces{state=\"unreadable\"}"
+        ),
+        0.0
+    );
+    let threads = thread_caps(exporter.pid());
+    assert!(threads.len() > 2, "{threads:?}");
+    for (name, effective, permitted) in &threads {
+        if name == "geoip-snapshot" {
+            assert_eq!(
+                (*effective, *permitted),
+                (SYS_ADMIN | SYS_PTRACE, SYS_ADMIN | SYS_PTRACE)
+            );
+        } else {
+            assert_eq!(
+                (*effective, *permitted),
+                (0, 0),
+                "thread {name} keeps capabilities"
+            );
+        }
+    }
+    assert!(
+        threads.iter().any(|t| t.0 == "geoip-snapshot"),
+        "{threads:?}"
+    );
+    let live = c.connect(sock("192.0.2.61", 40001), &listener);
+    let s = exporter.wait_for(|s| conns(s, "DE", "outbound") == 2.0);
+    assert_eq!(conns(&s, "DE", "outbound"), 2.0, "events still read");
+    assert_eq!(exporter.stop(libc::SIGTERM).code(), Some(0));
+
+    // Without CAP_SYS_ADMIN and CAP_SYS_PTRACE: it says so, the container
+    // cannot be read, and its connections count from events only.
+    let fewer: Vec<String> = minimal[..3].to_vec();
+    let mut cmd = setpriv(65_534, &fewer);
+    cmd.arg(&exe)
+        .args(["--geoip.database", db.to_str().expect("utf-8")]);
+    let degraded = Exporter::start_command(&dir, cmd, |addr| http_get(addr, "/metrics").is_ok());
+    let s = degraded.wait_for(|_| true);
+    assert!(
+        degraded.log().contains("CAP_SYS_ADMIN") && degraded.log().contains("CAP_SYS_PTRACE"),
+        "{}",
+        degraded.log()
+    );
+    assert!(
+        value(
+            &s,
+            "geoip_exporter_network_namespaces{state=\"unreadable\"}"
+        ) >= 1.0
+    );
+    assert_eq!(
+        conns(&s, "DE", "outbound"),
+        0.0,
+        "not seen without entering"
+    );
+    let third = c.connect(sock("192.0.2.61", 40002), &listener);
+    let s = degraded.wait_for(|s| conns(s, "DE", "outbound") == 1.0);
+    assert_eq!(conns(&s, "DE", "outbound"), 1.0, "from its event");
+    assert_eq!(degraded.stop(libc::SIGTERM).code(), Some(0));
+    drop((before, live, third));
 }
