@@ -108,7 +108,7 @@ fn builtin_help() -> String {
     help
 }
 
-fn parse_listen_address(value: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_listen_address(value: &str) -> Result<SocketAddr, String> {
     let bad = || {
         format!(
             "{value:?} is not IP:PORT, [IPv6]:PORT or :PORT (e.g. :9300, 127.0.0.1:9300, [::1]:9300)"

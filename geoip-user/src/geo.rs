@@ -203,6 +203,11 @@ impl Geo {
                 source,
             },
         })?;
+        Self::from_bytes(bytes, path)
+    }
+
+    /// Check and use the database `bytes`, read from `path`.
+    pub(crate) fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Self, OpenError> {
         if bytes.is_empty() {
             return Err(OpenError::Empty {
                 path: path.to_owned(),

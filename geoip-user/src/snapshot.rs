@@ -245,7 +245,7 @@ fn enter_and_dump(ns: &NetNs) -> Result<Vec<(ConnKey, Direction)>, EnterError> {
 
 /// One socket of the dump.
 #[derive(Clone, Copy, Debug)]
-struct DiagSocket {
+pub(crate) struct DiagSocket {
     state: u8,
     key: ConnKey,
 }
@@ -354,11 +354,6 @@ fn read_replies(
     name: &'static str,
     netns: u32,
 ) -> Result<Vec<DiagSocket>, SnapshotError> {
-    let io_err = |source| SnapshotError::Io {
-        family: name,
-        source,
-    };
-    let malformed = |what| SnapshotError::Malformed { family: name, what };
     let mut sockets = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -369,46 +364,69 @@ fn read_replies(
             if err.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(io_err(err));
+            return Err(SnapshotError::Io {
+                family: name,
+                source: err,
+            });
         };
         if n == 0 {
-            return Err(malformed("the kernel closed the dump before NLMSG_DONE"));
+            return Err(SnapshotError::Malformed {
+                family: name,
+                what: "the kernel closed the dump before NLMSG_DONE",
+            });
         }
-        let mut rest = &buf[..n];
-        while rest.len() >= size_of::<NlMsgHdr>() {
-            let hdr: NlMsgHdr = bytemuck::pod_read_unaligned(&rest[..size_of::<NlMsgHdr>()]);
-            let len = usize::try_from(hdr.len).unwrap_or(usize::MAX);
-            if len < size_of::<NlMsgHdr>() || len > rest.len() {
-                return Err(malformed("message length out of bounds"));
-            }
-            let payload = &rest[size_of::<NlMsgHdr>()..len];
-            match hdr.kind {
-                NLMSG_DONE => return Ok(sockets),
-                NLMSG_ERROR => {
-                    let code = payload
-                        .get(..4)
-                        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                    return Err(io_err(io::Error::from_raw_os_error(-code)));
-                }
-                SOCK_DIAG_BY_FAMILY => {
-                    let msg = payload
-                        .get(..size_of::<InetDiagMsg>())
-                        .ok_or_else(|| malformed("short inet_diag_msg"))?;
-                    let msg: InetDiagMsg = bytemuck::pod_read_unaligned(msg);
-                    if let Some(key) = key_of(&msg, netns) {
-                        sockets.push(DiagSocket {
-                            state: msg.state,
-                            key,
-                        });
-                    }
-                }
-                _ => {}
-            }
-            // Messages are 4-byte aligned.
-            let next = len.next_multiple_of(4).min(rest.len());
-            rest = &rest[next..];
+        if parse_messages(&buf[..n], name, netns, &mut sockets)? {
+            return Ok(sockets);
         }
     }
+}
+
+/// Parse one datagram of netlink messages onto `sockets`; true once
+/// `NLMSG_DONE` is reached.
+pub(crate) fn parse_messages(
+    mut rest: &[u8],
+    name: &'static str,
+    netns: u32,
+    sockets: &mut Vec<DiagSocket>,
+) -> Result<bool, SnapshotError> {
+    let malformed = |what| SnapshotError::Malformed { family: name, what };
+    while rest.len() >= size_of::<NlMsgHdr>() {
+        let hdr: NlMsgHdr = bytemuck::pod_read_unaligned(&rest[..size_of::<NlMsgHdr>()]);
+        let len = usize::try_from(hdr.len).unwrap_or(usize::MAX);
+        if len < size_of::<NlMsgHdr>() || len > rest.len() {
+            return Err(malformed("message length out of bounds"));
+        }
+        let payload = &rest[size_of::<NlMsgHdr>()..len];
+        match hdr.kind {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let code = payload
+                    .get(..4)
+                    .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                return Err(SnapshotError::Io {
+                    family: name,
+                    source: io::Error::from_raw_os_error(code.saturating_neg()),
+                });
+            }
+            SOCK_DIAG_BY_FAMILY => {
+                let msg = payload
+                    .get(..size_of::<InetDiagMsg>())
+                    .ok_or_else(|| malformed("short inet_diag_msg"))?;
+                let msg: InetDiagMsg = bytemuck::pod_read_unaligned(msg);
+                if let Some(key) = key_of(&msg, netns) {
+                    sockets.push(DiagSocket {
+                        state: msg.state,
+                        key,
+                    });
+                }
+            }
+            _ => {}
+        }
+        // Messages are 4-byte aligned.
+        let next = len.next_multiple_of(4).min(rest.len());
+        rest = &rest[next..];
+    }
+    Ok(false)
 }
 
 fn key_of(msg: &InetDiagMsg, netns: u32) -> Option<ConnKey> {

@@ -171,6 +171,7 @@ impl Tracker {
         match self.conns.entry(key) {
             Entry::Occupied(mut entry) => {
                 let old = *entry.get();
+                tracing::debug!(key = ?entry.key(), ?direction, "open of a connection already tracked");
                 if old.direction != direction {
                     tracing::debug!(key = ?entry.key(), ?direction, "open of a tracked connection the other way round");
                     // The same 4-tuple the other way round: the old

@@ -122,55 +122,65 @@ impl WebConfig {
             path: path.to_owned(),
             source,
         })?;
-        let invalid = |message: String| WebConfigError::Invalid {
-            path: path.to_owned(),
-            message,
-        };
-        let file: File = if text.trim().is_empty() {
-            File {
-                tls_server_config: None,
-                basic_auth_users: HashMap::new(),
-            }
-        } else {
-            serde_yaml_ng::from_str(&text).map_err(|e| invalid(e.to_string()))?
-        };
-        for (user, hash) in &file.basic_auth_users {
-            let ok = hash.len() == 60
-                && ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p))
-                && hash.parse::<bcrypt::HashParts>().is_ok();
-            if !ok || user.is_empty() || user.contains(':') {
-                return Err(WebConfigError::Hash {
-                    path: path.to_owned(),
-                    user: user.clone(),
-                });
-            }
-        }
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let tls = file
-            .tls_server_config
-            .map(|t| {
-                let client_ca = t.client_ca_file.map(|f| dir.join(f));
-                if t.client_auth_type != ClientAuth::NoClientCert && client_ca.is_none() {
-                    return Err(invalid(format!(
-                        "client_auth_type {:?} needs client_ca_file",
-                        t.client_auth_type
-                    )));
-                }
-                Ok(TlsSettings {
-                    config_path: path.to_owned(),
-                    cert: dir.join(t.cert_file),
-                    key: dir.join(t.key_file),
-                    client_ca,
-                    client_auth: t.client_auth_type,
-                    min_version: t.min_version,
-                })
-            })
-            .transpose()?;
+        let (tls, users) = parse(path, &text)?;
         Ok(Self {
             tls: tls.map(TlsReloader::new).transpose()?,
-            users: file.basic_auth_users,
+            users,
         })
     }
+}
+
+/// Check the file's text (`path` names it and anchors relative paths);
+/// touches no file.
+pub(crate) fn parse(
+    path: &Path,
+    text: &str,
+) -> Result<(Option<TlsSettings>, HashMap<String, String>), WebConfigError> {
+    let invalid = |message: String| WebConfigError::Invalid {
+        path: path.to_owned(),
+        message,
+    };
+    let file: File = if text.trim().is_empty() {
+        File {
+            tls_server_config: None,
+            basic_auth_users: HashMap::new(),
+        }
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|e| invalid(e.to_string()))?
+    };
+    for (user, hash) in &file.basic_auth_users {
+        let ok = hash.len() == 60
+            && ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p))
+            && hash.parse::<bcrypt::HashParts>().is_ok();
+        if !ok || user.is_empty() || user.contains(':') {
+            return Err(WebConfigError::Hash {
+                path: path.to_owned(),
+                user: user.clone(),
+            });
+        }
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tls = file
+        .tls_server_config
+        .map(|t| {
+            let client_ca = t.client_ca_file.map(|f| dir.join(f));
+            if t.client_auth_type != ClientAuth::NoClientCert && client_ca.is_none() {
+                return Err(invalid(format!(
+                    "client_auth_type {:?} needs client_ca_file",
+                    t.client_auth_type
+                )));
+            }
+            Ok(TlsSettings {
+                config_path: path.to_owned(),
+                cert: dir.join(t.cert_file),
+                key: dir.join(t.key_file),
+                client_ca,
+                client_auth: t.client_auth_type,
+                min_version: t.min_version,
+            })
+        })
+        .transpose()?;
+    Ok((tls, file.basic_auth_users))
 }
 
 type Versions = Vec<Option<(u64, u64, i64, i64)>>;

@@ -12,6 +12,7 @@
 //! - `test`: unit tests, then the end-to-end tests against the real kernel.
 //! - `bench`: the load benchmark (`tests/benches/load.rs`).
 //! - `soak`: a bounded churn run (`tests/benches/soak.rs`).
+//! - `fuzz`: every fuzz target in `fuzz/` for a bounded time.
 //! - `fetch_db`: download a free country database with the npm client;
 //!   `mmdb_check` opens and verifies it.
 
@@ -19,6 +20,7 @@ mod bench;
 mod build;
 mod cmd;
 mod fetch_db;
+mod fuzz;
 mod mmdb_check;
 mod run;
 mod setup;
@@ -61,6 +63,8 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         seconds: u64,
     },
+    /// Fuzz every parser of outside input (cargo-fuzz, nightly) for a bounded time each.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         Command::FetchDb(options) => fetch_db::run(&options),
         Command::Bench => bench::run(),
         Command::Soak { seconds } => bench::soak(seconds),
+        Command::Fuzz(options) => fuzz::run(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

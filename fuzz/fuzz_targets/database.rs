@@ -1,0 +1,4 @@
+//! Fuzz target: `geoip_user::fuzz::database` on arbitrary bytes.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| geoip_user::fuzz::database(data));

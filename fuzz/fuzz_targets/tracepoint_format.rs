@@ -1,0 +1,4 @@
+//! Fuzz target: `geoip_user::fuzz::tracepoint_format` on arbitrary bytes.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| geoip_user::fuzz::tracepoint_format(data));

@@ -1,0 +1,130 @@
+//! geoip-exporter: where in the world this machine's TCP connections come
+//! from and go to, as Prometheus metrics. The binary (`src/main.rs`) calls
+//! [`main`]; with the `fuzzing` feature, [`fuzz`] exposes the parsers of
+//! outside input to the fuzz targets in `fuzz/`.
+//!
+//! # Layout
+//! Data flows one way:
+//! - [`cli`]: the flags.
+//! - [`probe`] (with [`tracefs`] and [`btf`]): load and attach the kernel program,
+//!   read its ring buffer and lost-event counter.
+//! - [`events`]: decode ring-buffer records.
+//! - [`snapshot`]: the connections the kernel holds (`sock_diag`, in every
+//!   network namespace of [`namespaces`]), at start-up and for the
+//!   periodic reconcile.
+//! - [`filter`]: ranges that are not "the world".
+//! - [`table`]: the live connection table; [`geo`] answers its lookups,
+//!   [`reload`] swaps in a new database when its file changes.
+//! - [`metrics`]: the only module that touches prometheus types.
+//! - [`http`]: the router; [`page`]: the live map it serves at `/`;
+//!   [`server`]: the HTTP server and its limits; [`webconfig`]: TLS and
+//!   basic auth from `--web.config.file`.
+//! - [`app`]: start-up order, tasks, shutdown.
+
+mod app;
+mod btf;
+mod caps;
+mod cli;
+mod events;
+mod filter;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
+mod geo;
+mod http;
+mod metrics;
+mod namespaces;
+mod page;
+mod probe;
+mod reload;
+mod server;
+mod snapshot;
+mod table;
+mod tracefs;
+mod webconfig;
+
+use std::{io::IsTerminal as _, process::ExitCode};
+
+use clap::Parser as _;
+
+/// The whole program: flags, start-up, serving, exit code.
+#[must_use]
+pub fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    init_logging(args.log_level);
+    // Privileged work first, on this thread alone; the runtime's threads
+    // are made after the capabilities are dropped.
+    let started = match app::start(&args) {
+        Ok(started) => started,
+        Err(err) => {
+            report(&err);
+            return ExitCode::from(err.exit_code());
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            report(&err);
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(app::run(args, started, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            report(&err);
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+/// `error: <what>` then one `caused by:` line per underlying cause.
+fn report(err: &dyn std::error::Error) {
+    eprintln!("geoip-exporter: error: {}", error_chain(err));
+}
+
+/// An error and its causes on one string, for the log.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str("\n  caused by: ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn init_logging(level: cli::LogLevel) {
+    let level = match level {
+        cli::LogLevel::Error => tracing::Level::ERROR,
+        cli::LogLevel::Warn => tracing::Level::WARN,
+        cli::LogLevel::Info => tracing::Level::INFO,
+        cli::LogLevel::Debug => tracing::Level::DEBUG,
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGTERM; stop with SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
