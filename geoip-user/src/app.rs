@@ -227,7 +227,7 @@ pub(crate) async fn run(
     if args.check {
         print!("{}", metrics.render()?);
         println!(
-            "# check passed: database {} ({}), kernel program attached, {} connections tracked in {} network namespaces",
+            "# check passed: database {} ({}), kernel program attached, {} connections tracked, network namespaces read: {}",
             db.path.display(),
             db.database_type,
             events.tracker.len(),

@@ -10,7 +10,9 @@ use std::{
 
 use bcrypt as _;
 use geoip_tests::{
-    exporter::{bin, free_port, run_command_to_exit, run_to_exit, temp_dir, world_readable},
+    exporter::{
+        bin, free_port, run_command_to_exit, run_to_exit, setpriv, temp_dir, world_readable,
+    },
     fixtures::{write_asn_database, write_database},
 };
 use libc as _;
@@ -177,21 +179,11 @@ fn address_in_use_is_a_usage_error_before_anything_is_loaded() {
 #[test]
 fn without_privileges_it_says_which_capabilities_are_missing() {
     let (exe, db) = world_readable("unprivileged");
-    let out = run_command_to_exit(
-        Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=-all",
-            ])
-            .arg(&exe)
-            .args([
-                "--geoip.database",
-                db.to_str().expect("utf-8"),
-                &listen_arg(),
-            ]),
-    );
+    let out = run_command_to_exit(setpriv(65_534, &[]).arg(&exe).args([
+        "--geoip.database",
+        db.to_str().expect("utf-8"),
+        &listen_arg(),
+    ]));
     assert_fails(
         &out,
         1,

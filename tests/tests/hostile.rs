@@ -10,13 +10,12 @@ use std::{
     net::{SocketAddr, TcpStream},
     os::unix::fs::PermissionsExt as _,
     path::Path,
-    process::Command,
     time::Duration,
 };
 
 use bcrypt as _;
 use geoip_tests::{
-    exporter::{Exporter, cd, run_command_to_exit, run_to_exit, temp_dir},
+    exporter::{Exporter, cd, run_command_to_exit, run_to_exit, setpriv, temp_dir, world_readable},
     fixtures::{write_asn_database, write_database},
     netns::{TestNet, sock},
 };
@@ -402,7 +401,6 @@ fn http_cases() -> Vec<(&'static str, Vec<u8>, &'static [u16])> {
 }
 
 #[test]
-#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn hostile_input_gets_clear_errors_and_the_running_exporter_stays_exact() {
     let dir = temp_dir("hostile");
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -455,19 +453,12 @@ fn hostile_input_gets_clear_errors_and_the_running_exporter_stays_exact() {
     }
 
     // An unreadable database, as an unprivileged user (root reads anything).
-    let unreadable = dir.join("unreadable.mmdb");
-    fs::copy(&db, &unreadable).expect("copy");
+    let (exe, readable) = world_readable("hostile-unreadable");
+    let unreadable = readable.with_file_name("unreadable.mmdb");
+    fs::copy(&readable, &unreadable).expect("copy");
     fs::set_permissions(&unreadable, fs::Permissions::from_mode(0o000)).expect("chmod");
-    let exe = dir.join("geoip-exporter");
-    fs::copy(geoip_tests::exporter::bin(), &exe).expect("copy binary");
     let out = run_command_to_exit(
-        Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=-all",
-            ])
+        setpriv(65_534, &[])
             .arg(&exe)
             .args(["--geoip.database", unreadable.to_str().expect("utf-8")]),
     );

@@ -243,27 +243,8 @@ fn client_certificates_and_certificate_reload() {
     let url = format!("https://{}/metrics", exporter.addr);
     let (code, _) = curl(&s.dir, &["--cacert", "ca.crt", &url]);
     assert_eq!(code, 0, "no client certificate: handshake refused");
-    let (code, log) = curl(
-        &s.dir,
-        &[
-            "--cacert",
-            "ca.crt",
-            "--cert",
-            "client.crt",
-            "--key",
-            "client.key",
-            &url,
-        ],
-    );
-    assert_eq!(code, 200, "{log}");
-    assert!(log.contains("CN=exporter-one"), "{log}");
-
-    // Renew the server certificate in place: new connections get it.
-    issue(&s.dir, "server", "exporter-two", false);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut log = String::new();
-    while Instant::now() < deadline {
-        let (code, l) = curl(
+    let with_cert = || {
+        curl(
             &s.dir,
             &[
                 "--cacert",
@@ -274,7 +255,18 @@ fn client_certificates_and_certificate_reload() {
                 "client.key",
                 &url,
             ],
-        );
+        )
+    };
+    let (code, log) = with_cert();
+    assert_eq!(code, 200, "{log}");
+    assert!(log.contains("CN=exporter-one"), "{log}");
+
+    // Renew the server certificate in place: new connections get it.
+    issue(&s.dir, "server", "exporter-two", false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut log = String::new();
+    while Instant::now() < deadline {
+        let (code, l) = with_cert();
         log = l;
         if code == 200 && log.contains("CN=exporter-two") {
             break;
@@ -288,18 +280,7 @@ fn client_certificates_and_certificate_reload() {
 
     // A broken renewal keeps the last good certificate.
     fs::write(s.dir.join("server.crt"), "not a certificate").expect("write");
-    let (code, log) = curl(
-        &s.dir,
-        &[
-            "--cacert",
-            "ca.crt",
-            "--cert",
-            "client.crt",
-            "--key",
-            "client.key",
-            &url,
-        ],
-    );
+    let (code, log) = with_cert();
     assert_eq!(code, 200, "{log}");
     assert!(log.contains("CN=exporter-two"), "{log}");
     assert!(
