@@ -85,8 +85,9 @@ impl AppError {
 /// Decoded ring-buffer records.
 type Batch = Vec<Result<Event, DecodeError>>;
 
-/// How long events are read after a snapshot ends before it is merged.
-const SETTLE: Duration = Duration::from_millis(5);
+/// The longest a merge waits for records reserved before its snapshot
+/// ended to be written.
+const SETTLE_LIMIT: Duration = Duration::from_secs(1);
 
 /// How long requests in flight may take to finish after SIGTERM before
 /// their connections are cut.
@@ -190,7 +191,11 @@ pub(crate) async fn run(
     }
     let tracker = Tracker::new(Exclusions::new(&args.exclude), geo, metrics.recorder());
     let lost = probe.lost;
-    metrics.register_lost_events(Box::new(move || probe::lost_events(&lost)))?;
+    let program = probe.program;
+    metrics.register_kernel_losses(
+        Box::new(move || probe::lost_events(&lost)),
+        Box::new(move || probe::missed_runs(&program)),
+    )?;
     if let Some(logger) = probe.logger {
         forward_kernel_logs(logger);
     }
@@ -339,32 +344,33 @@ impl EventLoop {
     }
 
     /// Merge a finished snapshot, after applying every event of a state
-    /// change that happened before it ended. The kernel reserves an event
-    /// before the socket's state changes, but the ring buffer hands records
-    /// over in order and stops at one still being written by another CPU,
-    /// so events behind such a record may not be readable yet: reading on
-    /// for [`SETTLE`] (a program run takes microseconds, without
-    /// preemption) gets them all.
+    /// change that happened before it ended. The kernel reserves a
+    /// change's record before the socket's state changes, so every such
+    /// record lies before the producer position read now; but the ring
+    /// buffer hands records over in order and stops at one still being
+    /// written (its program may be interrupted or preempted for a while),
+    /// so reading goes on until the consumer position has passed it.
     async fn merge(
         &mut self,
         taken: Result<Result<Snapshot, SnapshotError>, oneshot::error::RecvError>,
         kind: SyncKind,
     ) -> Result<Synced, SnapshotError> {
-        let settled = tokio::time::sleep(SETTLE);
-        tokio::pin!(settled);
+        let target = self.reader.reserved_until();
+        let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
         loop {
-            tokio::select! {
-                () = &mut settled => break,
-                read = self.reader.read_batch(&mut self.batch) => {
-                    if read.is_err() {
-                        break;
-                    }
-                    self.apply_batch();
-                }
+            self.reader.drain_now(&mut self.batch);
+            self.apply_batch();
+            if self.reader.read_until(target) {
+                break;
             }
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!(
+                    "ring buffer records reserved before the snapshot ended are still being written after {SETTLE_LIMIT:?}; merging without them"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        self.reader.drain_now(&mut self.batch);
-        self.apply_batch();
         let snap = match taken.unwrap_or(Err(SnapshotError::Lost)) {
             Ok(snap) => snap,
             Err(err) => {

@@ -15,8 +15,8 @@ use prometheus::{
 
 use crate::{events::Direction, geo::Country};
 
-/// Where the kernel's count of events it could not submit comes from.
-pub(crate) type LostSource = Box<dyn Fn() -> Option<u64> + Send + Sync>;
+/// Where a count kept in the kernel comes from (read at each scrape).
+pub(crate) type KernelCount = Box<dyn Fn() -> Option<u64> + Send + Sync>;
 
 /// The registry and every metric in it; cheap to clone.
 #[derive(Clone)]
@@ -228,14 +228,30 @@ impl Metrics {
         })
     }
 
-    /// Export the kernel's lost-event count, read at each scrape.
-    pub(crate) fn register_lost_events(&self, source: LostSource) -> Result<(), prometheus::Error> {
+    /// Export the kernel's counts of events it could not hand over: ring
+    /// buffer full (`lost`), and runs of the program the kernel skipped
+    /// because it was already running on that CPU (`missed`).
+    pub(crate) fn register_kernel_losses(
+        &self,
+        lost: KernelCount,
+        missed: KernelCount,
+    ) -> Result<(), prometheus::Error> {
         let counter = IntCounter::with_opts(opts(
             "geoip_exporter_events_lost_total",
             "Connection events the kernel program could not submit because the ring buffer was full; the periodic reconcile repairs the counts. Raise --ringbuf.size-bytes.",
         ))?;
-        self.registry
-            .register(Box::new(LostEvents { counter, source }))
+        self.registry.register(Box::new(FromKernel {
+            counter,
+            source: lost,
+        }))?;
+        let counter = IntCounter::with_opts(opts(
+            "geoip_exporter_events_missed_total",
+            "Runs of the kernel program the kernel skipped because it was already running on that CPU (a TCP state change in an interrupt during another one); each may have been a connection event, which the periodic reconcile repairs.",
+        ))?;
+        self.registry.register(Box::new(FromKernel {
+            counter,
+            source: missed,
+        }))
     }
 
     pub(crate) fn set_database_build(&self, epoch: u64) {
@@ -379,13 +395,13 @@ pub(crate) struct CountryCounts {
     pub(crate) outbound: Counts,
 }
 
-/// Reads the kernel's per-CPU lost counter at collection time.
-struct LostEvents {
+/// A counter kept in the kernel, read at collection time.
+struct FromKernel {
     counter: IntCounter,
-    source: LostSource,
+    source: KernelCount,
 }
 
-impl Collector for LostEvents {
+impl Collector for FromKernel {
     fn desc(&self) -> Vec<&Desc> {
         self.counter.desc()
     }
@@ -541,9 +557,10 @@ mod tests {
         let m = Metrics::new(false).unwrap();
         let lost = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let source = lost.clone();
-        m.register_lost_events(Box::new(move || {
-            Some(source.load(std::sync::atomic::Ordering::Relaxed))
-        }))
+        m.register_kernel_losses(
+            Box::new(move || Some(source.load(std::sync::atomic::Ordering::Relaxed))),
+            Box::new(|| Some(3)),
+        )
         .unwrap();
         assert!(
             m.render()
@@ -556,6 +573,7 @@ mod tests {
             text.contains("geoip_exporter_events_lost_total 7\n"),
             "{text}"
         );
+        assert!(text.contains("geoip_exporter_events_missed_total 3\n"));
         assert!(!text.contains("job_location"));
     }
 }

@@ -117,6 +117,8 @@ pub(crate) struct Probe {
     /// The ring buffer; [`EventReader::new`] reads it inside the runtime.
     pub(crate) ring: RingBuf<MapData>,
     pub(crate) lost: PerCpuArray<MapData, u64>,
+    /// The program, for the kernel's count of its skipped runs.
+    pub(crate) program: std::os::fd::OwnedFd,
     /// Whether events carry their socket's network namespace.
     pub(crate) namespaces: bool,
 }
@@ -152,6 +154,15 @@ impl Prepared {
         program
             .attach(TRACEPOINT_CATEGORY, TRACEPOINT_NAME)
             .map_err(ProbeError::Attach)?;
+        let program = {
+            use std::os::fd::AsFd as _;
+            program
+                .fd()
+                .map_err(ProbeError::Attach)?
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(ProbeError::Poll)?
+        };
         let ring = take_map(&mut ebpf, EVENTS_MAP, RingBuf::try_from)?;
         let lost = take_map(&mut ebpf, LOST_MAP, PerCpuArray::try_from)?;
         Ok(Probe {
@@ -159,6 +170,7 @@ impl Prepared {
             logger,
             ring,
             lost,
+            program,
             namespaces: self.sock_layout.enabled != 0,
         })
     }
@@ -180,6 +192,44 @@ pub(crate) fn lost_events(lost: &PerCpuArray<MapData, u64>) -> Option<u64> {
     lost.get(&0, 0).ok().map(|per_cpu| per_cpu.iter().sum())
 }
 
+/// How many times the kernel skipped the program because it was already
+/// running on the same CPU (`bpf_prog_info.recursion_misses`, Linux 5.12
+/// and later): a TCP state change in softirq context that interrupts the
+/// program running for another one in process context is not seen.
+pub(crate) fn missed_runs(program: &std::os::fd::OwnedFd) -> Option<u64> {
+    use std::os::fd::AsRawFd as _;
+    /// `BPF_OBJ_GET_INFO_BY_FD`.
+    const GET_INFO: libc::c_long = 15;
+    /// Offset of `recursion_misses` in `struct bpf_prog_info`, in u64s (byte 208).
+    const RECURSION_MISSES: usize = 26;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut info = [0u64; 29];
+    let mut attr = InfoAttr {
+        bpf_fd: u32::try_from(program.as_raw_fd()).ok()?,
+        info_len: u32::try_from(size_of_val(&info)).ok()?,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: bpf(2) BPF_OBJ_GET_INFO_BY_FD with an attribute of the
+    // documented layout, pointing at a buffer of `info_len` bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            GET_INFO,
+            &raw mut attr,
+            size_of::<InfoAttr>(),
+        )
+    };
+    // The kernel writes back how much it filled: older kernels stop
+    // before the field.
+    let filled = usize::try_from(attr.info_len).ok()?;
+    (rc == 0 && filled > RECURSION_MISSES * 8).then(|| info[RECURSION_MISSES])
+}
+
 /// Most records handed on in one batch.
 const BATCH: usize = 4096;
 /// How often the ring buffer is drained when the kernel has not woken us
@@ -190,18 +240,36 @@ const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50)
 pub(crate) struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
     drain: tokio::time::Interval,
+    positions: Positions,
 }
 
 impl EventReader {
     /// Read `ring` from this runtime (call inside it).
     pub(crate) fn new(ring: RingBuf<MapData>) -> Result<Self, ProbeError> {
+        let positions = Positions::map(&ring).map_err(ProbeError::Poll)?;
         // SAFETY: the ring buffer owns its descriptor and neither replaces
         // nor closes it while the AsyncFd holds it.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| ProbeError::Poll(e.into_parts().1))?;
         let mut drain = tokio::time::interval(DRAIN_INTERVAL);
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Ok(Self { ring, drain })
+        Ok(Self {
+            ring,
+            drain,
+            positions,
+        })
+    }
+
+    /// Where the kernel will put the next record: every record reserved
+    /// until now lies before it.
+    pub(crate) fn reserved_until(&self) -> u64 {
+        self.positions.producer()
+    }
+
+    /// Whether every record before `position` has been read (a record is
+    /// read only once its program has finished writing it).
+    pub(crate) fn read_until(&self, position: u64) -> bool {
+        self.positions.consumer() >= position
     }
 
     /// Decode up to [`BATCH`] records onto `out`, waiting for a wake-up
@@ -236,6 +304,70 @@ impl EventReader {
         while let Some(item) = ring.next() {
             out.push(decode(&item));
         }
+    }
+}
+
+/// A read-only view of the ring buffer's two position pages: the
+/// consumer's (page 0) and the producer's (page 1), each a 64-bit byte
+/// position that only grows (`struct bpf_ringbuf`).
+struct Positions {
+    base: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+    page: usize,
+}
+
+// SAFETY: the mapping is read-only and read only through atomics.
+unsafe impl Send for Positions {}
+
+impl Positions {
+    fn map(ring: &RingBuf<MapData>) -> io::Result<Self> {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .map_err(|_| io::Error::other("page size unknown"))?;
+        // SAFETY: a new read-only shared mapping of the map's first two
+        // pages, which the kernel allows for ring buffers; checked below.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * page,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                ring.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // mmap returns a page-aligned address: aligned for the u64s.
+        let base = std::ptr::NonNull::new(addr.cast::<std::sync::atomic::AtomicU64>())
+            .ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Self { base, page })
+    }
+
+    /// The position at byte `offset` (0 or one page).
+    fn load(&self, offset: usize) -> u64 {
+        let index = offset / size_of::<u64>();
+        // SAFETY: the first word of page 0 or 1 of a two-page mapping that
+        // lives as long as `self`, aligned; the kernel and aya update it
+        // atomically.
+        let atomic = unsafe { &*self.base.as_ptr().add(index) };
+        atomic.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn consumer(&self) -> u64 {
+        self.load(0)
+    }
+
+    fn producer(&self) -> u64 {
+        self.load(self.page)
+    }
+}
+
+impl Drop for Positions {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), 2 * self.page) };
     }
 }
 

@@ -239,6 +239,7 @@ fn exposes_the_metric_contract() {
             "geoip_exporter_database_last_reload_successful gauge",
             "geoip_exporter_database_reloads_total counter",
             "geoip_exporter_events_lost_total counter",
+            "geoip_exporter_events_missed_total counter",
             "geoip_exporter_events_read_total counter",
             "geoip_exporter_events_undecodable_total counter",
             "geoip_exporter_http_connections_rejected_total counter",
