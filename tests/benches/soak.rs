@@ -11,8 +11,10 @@
 //! - Every 10 s: the exporter's RSS, tracked connections, lost events.
 //!
 //! Passes when, after everything closed, every `geoip_connections` series
-//! of the test hosts is 0, `opened_total` rose by exactly the number of
-//! connections made, no event was lost to a full ring buffer, the
+//! of the test hosts is 0, `opened_total` rose by the number of
+//! connections made less at most one per run the kernel skipped (a
+//! connection whose open it skipped and that closed before a reconcile is
+//! never seen), no event was lost to a full ring buffer, the
 //! reconcile corrected no more connections than the kernel lost or missed
 //! (it skips the program when it is already running on that CPU), and RSS
 //! after the warm-up grew by at most [`RSS_GROWTH_BOUND`]. Needs root. Prints a Markdown table
@@ -238,7 +240,10 @@ fn main() {
     let warm = rss_after_warmup.unwrap_or(rss_end);
     let growth = rss_end - warm;
     let still_open = open_now(&after) - open_now(&before);
-    let exact = (opened - made as f64).abs() < 0.5 && still_open == 0.0;
+    // A connection whose open the kernel skipped and that closed before a
+    // reconcile could see it is never counted: at most one per missed run.
+    let short_by = made as f64 - opened;
+    let exact = still_open == 0.0 && (0.0..=missed).contains(&short_by);
     let mib = |b: f64| b / 1_048_576.0;
     let rows = [
         (
@@ -268,7 +273,7 @@ fn main() {
         (
             "exact afterwards",
             format!(
-                "{} (opened_total rose by {opened:.0} for {made} connections; {:.0} still counted open)",
+                "{} (opened_total rose by {opened:.0} for {made} connections, {short_by:.0} uncounted of at most {missed:.0} missed runs; {:.0} still counted open)",
                 if exact { "yes" } else { "NO" },
                 still_open
             ),
