@@ -421,24 +421,47 @@ fn database_reloads_without_a_failed_scrape() {
     assert_eq!(exporter.stop(libc::SIGTERM).code(), Some(0));
 }
 
-/// Programs and maps the kernel holds, as `bpftool` lists them.
-fn bpftool_names(what: &str) -> Vec<String> {
+/// What `bpftool <what> show` lists: each object's id and its text
+/// (the first line and the indented ones after it).
+fn bpftool(what: &str) -> Vec<(u32, String)> {
     let out = Command::new("bpftool")
         .args([what, "show"])
         .output()
         .unwrap_or_else(|e| panic!("cannot run bpftool (cargo xtask setup installs it): {e}"));
     assert!(out.status.success(), "bpftool {what} show failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (_, rest) = l.split_once(" name ")?;
-            Some(rest.split_whitespace().next()?.to_owned())
-        })
-        .collect()
+    let mut objects: Vec<(u32, String)> = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let id = line.split_once(':').and_then(|(id, _)| id.parse().ok());
+        match (id, objects.last_mut()) {
+            (Some(id), _) if !line.starts_with(char::is_whitespace) => {
+                objects.push((id, line.to_owned()));
+            }
+            (_, Some((_, text))) => {
+                text.push(' ');
+                text.push_str(line.trim());
+            }
+            _ => {}
+        }
+    }
+    objects
 }
 
-fn count(names: &[String], name: &str) -> usize {
-    names.iter().filter(|n| *n == name).count()
+/// Whether a link of the kernel's attaches program `id`.
+fn linked(id: u32) -> bool {
+    let id = id.to_string();
+    bpftool("link").iter().any(|(_, text)| {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        words.windows(2).any(|w| w[0] == "prog" && w[1] == id)
+    })
+}
+
+/// The ids a program line lists after `map_ids`.
+fn map_ids(text: &str) -> Vec<u32> {
+    text.split_whitespace()
+        .skip_while(|w| *w != "map_ids")
+        .nth(1)
+        .map(|ids| ids.split(',').filter_map(|i| i.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 fn pinned() -> Vec<String> {
@@ -460,16 +483,18 @@ fn sigterm_during_a_burst_exits_fast_and_leaves_nothing() {
     write_database(&db);
     let net = TestNet::create("stop", &[DE_V4]);
     let _server = net.serve(9300);
-    let programs_before = bpftool_names("prog");
-    let maps_before = bpftool_names("map");
+    let before: Vec<u32> = bpftool("prog").iter().map(|(id, _)| *id).collect();
     let pinned_before = pinned();
     let exporter = Exporter::start(&dir, &["--geoip.database", db.to_str().expect("utf-8")]);
-    let programs = bpftool_names("prog");
-    assert_eq!(
-        count(&programs, "inet_sock_set_state"),
-        count(&programs_before, "inet_sock_set_state") + 1,
-        "the exporter's program is loaded"
-    );
+    let ours: Vec<(u32, String)> = bpftool("prog")
+        .into_iter()
+        .filter(|(id, text)| !before.contains(id) && text.contains("name inet_sock_set_state"))
+        .collect();
+    assert_eq!(ours.len(), 1, "the exporter's program is loaded: {ours:?}");
+    let (program, text) = &ours[0];
+    let maps = map_ids(text);
+    assert!(maps.len() >= 2, "its maps: {text}");
+    assert!(linked(*program), "its link to the tracepoint");
 
     let stop = Arc::new(AtomicBool::new(false));
     let opened = Arc::new(AtomicU64::new(0));
@@ -500,19 +525,14 @@ fn sigterm_during_a_burst_exits_fast_and_leaves_nothing() {
     let _ = scrapes.finish();
     assert_eq!(status.code(), Some(0));
     assert!(took < Duration::from_secs(1), "exit took {took:?}");
-    let programs_after = bpftool_names("prog");
-    assert_eq!(
-        count(&programs_after, "inet_sock_set_state"),
-        count(&programs_before, "inet_sock_set_state"),
+    assert!(
+        bpftool("prog").iter().all(|(id, _)| id != program),
         "the program is unloaded"
     );
-    let maps_after = bpftool_names("map");
-    for map in ["EVENTS", "LOST"] {
-        assert_eq!(
-            count(&maps_after, map),
-            count(&maps_before, map),
-            "map {map} is gone"
-        );
+    assert!(!linked(*program), "the link is gone");
+    let maps_after: Vec<u32> = bpftool("map").iter().map(|(id, _)| *id).collect();
+    for map in &maps {
+        assert!(!maps_after.contains(map), "map {map} is gone");
     }
     assert_eq!(pinned(), pinned_before, "nothing pinned in /sys/fs/bpf");
 }
