@@ -250,4 +250,30 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// How Kubernetes updates a mounted `ConfigMap`: `db -> ..data/db`, and
+    /// `..data` (a symlink to a timestamped directory) replaced by rename.
+    #[tokio::test]
+    async fn a_configmap_style_symlink_swap_is_seen() {
+        use std::os::unix::fs::symlink;
+        let dir = std::env::temp_dir().join(format!("geoip-reload-cm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (sub, text) in [("v1", "one"), ("v2", "two, longer")] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+            std::fs::write(dir.join(sub).join("db.mmdb"), text).unwrap();
+        }
+        symlink("v1", dir.join("..data")).unwrap();
+        symlink("..data/db.mmdb", dir.join("db.mmdb")).unwrap();
+        let file = dir.join("db.mmdb");
+        let before = version(&file);
+        let mut watch = DirWatch::new(&file).unwrap();
+        symlink("v2", dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .expect("the swap is seen within 5 s")
+            .unwrap();
+        assert_ne!(version(&file), before, "the file behind the link changed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
