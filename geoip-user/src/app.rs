@@ -147,6 +147,10 @@ pub(crate) fn start(args: &Args) -> Result<Started, AppError> {
         "kernel program attached to sock/inet_sock_set_state"
     );
     let snapshotter = Snapshotter::start()?;
+    // Reading the kernel's BTF (several MB) and the eBPF object left freed
+    // heap behind; give it back to the system before serving.
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
     match caps::restrict_thread(0) {
         Ok(_) => tracing::info!(
             "capabilities dropped (the snapshot thread keeps CAP_SYS_ADMIN and CAP_SYS_PTRACE to enter network namespaces)"
