@@ -171,9 +171,13 @@ impl Tracker {
         match self.conns.entry(key) {
             Entry::Occupied(mut entry) => {
                 let old = *entry.get();
-                tracing::debug!(key = ?entry.key(), ?direction, "open of a connection already tracked");
+                tracing::debug!(
+                    key = ?entry.key(),
+                    ?direction,
+                    flipped = old.direction != direction,
+                    "open of a connection already tracked"
+                );
                 if old.direction != direction {
-                    tracing::debug!(key = ?entry.key(), ?direction, "open of a tracked connection the other way round");
                     // The same 4-tuple the other way round: the old
                     // connection is gone, its close was lost.
                     entry.get_mut().direction = direction;
