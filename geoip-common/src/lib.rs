@@ -20,21 +20,33 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const LOST_MAP: &str = "LOST";
 /// Name of the global holding the [`TracepointLayout`].
 pub const LAYOUT_GLOBAL: &str = "TP_LAYOUT";
-/// Name of the global (`u64`): wake user space up only once this many
-/// bytes wait in the ring buffer; user space also drains it on a timer.
+/// Name of the global (`u64`): wake user space up when the bytes waiting in
+/// the ring buffer pass a multiple of this; user space also drains it on a
+/// timer.
 pub const WAKEUP_GLOBAL: &str = "WAKEUP_BYTES";
-/// Default of [`WAKEUP_GLOBAL`]: 64 events.
-pub const DEFAULT_WAKEUP_BYTES: u64 = 64 * size_of::<ConnEvent>() as u64;
+/// Default of [`WAKEUP_GLOBAL`]: a quarter of the default ring buffer. The
+/// daemon drains the ring on a short timer anyway; a wake-up from the
+/// kernel (an interrupt raised from inside the program, the costliest thing
+/// it does) is only needed when events arrive faster than the timer
+/// drains them.
+pub const DEFAULT_WAKEUP_BYTES: u64 = DEFAULT_RING_BYTES as u64 / 4;
 /// Name of the global holding the [`SockLayout`].
 pub const SOCK_LAYOUT_GLOBAL: &str = "SOCK_LAYOUT";
-/// Name of the tracepoint program.
+/// Name of the tracepoint program for the record layout every kernel since
+/// 4.16 has ([`TracepointLayout::DEFAULT`]): it reads the record directly.
 pub const PROGRAM: &str = "inet_sock_set_state";
+/// Name of the same program for any other layout: it reads the record at
+/// the offsets in the [`LAYOUT_GLOBAL`], through a helper (slower).
+pub const PROGRAM_ANY_LAYOUT: &str = "inet_sock_set_state_any_layout";
+/// Name of an empty program on the same tracepoint, never attached by the
+/// daemon: `cargo xtask bench` measures the kernel's floor cost with it.
+pub const PROGRAM_EMPTY: &str = "inet_sock_set_state_empty";
 /// Tracepoint category and name the program attaches to.
 pub const TRACEPOINT_CATEGORY: &str = "sock";
 pub const TRACEPOINT_NAME: &str = "inet_sock_set_state";
 
 /// Default size of the ring buffer in bytes (a power of two, multiple of
-/// the page size): 4 MiB, room for 65,536 events.
+/// the page size): 4 MiB, room for 74,898 events.
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 
 /// `IPPROTO_TCP`.
@@ -93,8 +105,12 @@ pub const fn classify(oldstate: i32, newstate: i32) -> Option<(u8, u8)> {
 
 /// One TCP connection entering or leaving ESTABLISHED.
 ///
-/// Addresses are in network byte order; an IPv4 address uses the first four
-/// bytes of its field and leaves the rest zero. Ports are in host byte order.
+/// Addresses are their 16 bytes in network byte order, held as two words
+/// (so the kernel copies each with two loads and stores: read them with
+/// [`address_bytes`]); an IPv4 address uses the first four bytes and leaves
+/// the rest zero. Ports are in host byte order. Only what the daemon uses is
+/// carried: every byte costs ring-buffer space
+/// and every field a read in the kernel.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -103,14 +119,13 @@ pub const fn classify(oldstate: i32, newstate: i32) -> Option<(u8, u8)> {
     reason = "explicit padding, always zero"
 )]
 pub struct ConnEvent {
-    /// `bpf_ktime_get_ns()` when the transition happened.
-    pub timestamp_ns: u64,
-    /// Kernel address of the `struct sock`: identifies the socket while it lives.
-    pub sock: u64,
     /// Local address.
-    pub saddr: [u8; 16],
+    pub saddr: [u64; 2],
     /// Remote address.
-    pub daddr: [u8; 16],
+    pub daddr: [u64; 2],
+    /// Inode number of the socket's network namespace (`ls -Li
+    /// /proc/PID/ns/net`), 0 when the kernel's layout is not known.
+    pub netns: u32,
     /// Local port.
     pub sport: u16,
     /// Remote port.
@@ -121,18 +136,52 @@ pub struct ConnEvent {
     pub kind: u8,
     /// One of the `DIRECTION_*` constants.
     pub direction: u8,
-    /// TCP state before the transition.
-    pub oldstate: u8,
-    /// TCP state after the transition.
-    pub newstate: u8,
-    pub _pad: [u8; 2],
-    /// Inode number of the socket's network namespace (`ls -Li
-    /// /proc/PID/ns/net`), 0 when the kernel's layout is not known.
-    pub netns: u32,
+    pub _pad: [u8; 4],
 }
 
-const _: () = assert!(size_of::<ConnEvent>() == 64);
-const _: () = assert!(DEFAULT_RING_BYTES as usize / size_of::<ConnEvent>() == 65_536);
+const _: () = assert!(size_of::<ConnEvent>() == 48);
+
+/// The bytes of a [`ConnEvent`] address, in network order.
+#[must_use]
+#[inline]
+pub const fn address_bytes(words: [u64; 2]) -> [u8; 16] {
+    let (a, b) = (words[0].to_ne_bytes(), words[1].to_ne_bytes());
+    [
+        a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3], b[4], b[5], b[6],
+        b[7],
+    ]
+}
+
+/// A [`ConnEvent`] address from its bytes in network order.
+#[must_use]
+#[inline]
+pub const fn address_words(bytes: [u8; 16]) -> [u64; 2] {
+    let [
+        a0,
+        a1,
+        a2,
+        a3,
+        a4,
+        a5,
+        a6,
+        a7,
+        b0,
+        b1,
+        b2,
+        b3,
+        b4,
+        b5,
+        b6,
+        b7,
+    ] = bytes;
+    [
+        u64::from_ne_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
+        u64::from_ne_bytes([b0, b1, b2, b3, b4, b5, b6, b7]),
+    ]
+}
+/// Bytes one event takes in the ring buffer: the kernel's 8-byte record
+/// header, then the event (a multiple of 8 bytes).
+pub const RING_RECORD_BYTES: u64 = 8 + size_of::<ConnEvent>() as u64;
 
 /// Byte offsets of the fields of the `sock/inet_sock_set_state` record, as
 /// tracefs describes them (`events/sock/inet_sock_set_state/format`).

@@ -1,26 +1,33 @@
 //! geoip-exporter's kernel program.
 //!
 //! # Layout
-//! One tracepoint program on `sock/inet_sock_set_state` (the tracepoint inside
+//! A tracepoint program on `sock/inet_sock_set_state` (the tracepoint inside
 //! `tcp_set_state()`/`inet_sk_state_store()`, kernel 4.16 and later). For every
 //! TCP state change it decides whether the transition matters (entering or
 //! leaving ESTABLISHED, see `geoip_common::classify`), and if so reserves and
 //! submits one `ConnEvent` in the `EVENTS` ring buffer (kernel 5.8 and
 //! later). An event that does not fit is counted in the per-CPU `LOST` array.
 //! Nothing is logged on this path.
+//!
+//! It comes in two builds of the same code: `inet_sock_set_state` reads the
+//! record with plain loads at the offsets every kernel since 4.16 has, and
+//! `inet_sock_set_state_any_layout` through `bpf_probe_read_kernel` at the
+//! offsets tracefs gives; the daemon attaches one. A third, empty program is
+//! only for measuring the floor (`cargo xtask bench`).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::bpf_probe_read_kernel,
     macros::{map, tracepoint},
     maps::{PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use geoip_common::{
     AF_INET, AF_INET6, ConnEvent, DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES, IPPROTO_TCP,
-    SockLayout, TracepointLayout, classify,
+    RING_RECORD_BYTES, SockLayout, TracepointLayout, classify,
 };
 
 #[map(name = "EVENTS")]
@@ -44,12 +51,34 @@ static SOCK_LAYOUT: SockLayout = SockLayout::DISABLED;
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = DEFAULT_WAKEUP_BYTES;
 
+/// The program for the record layout of every kernel since 4.16: the
+/// fields are read straight from the record at constant offsets (the
+/// verifier allows tracepoint context loads only at constant offsets).
 #[tracepoint]
 fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    if let Err(code) = try_inet_sock_set_state(&ctx) {
+    handle(&ctx, &Direct)
+}
+
+/// The same for any other layout, at the offsets user space found in
+/// tracefs, through `bpf_probe_read_kernel`.
+#[tracepoint]
+fn inet_sock_set_state_any_layout(ctx: TracePointContext) -> u32 {
+    handle(&ctx, &Probed(layout()))
+}
+
+/// Does nothing: the kernel's own cost of running a program on this
+/// tracepoint, measured by `cargo xtask bench` (never attached otherwise).
+#[tracepoint]
+fn inet_sock_set_state_empty(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+#[inline(always)]
+fn handle(ctx: &TracePointContext, fields: &impl Fields) -> u32 {
+    if let Err(code) = try_handle(ctx, fields) {
         // Only reached when the record is not what the layout says (never on
         // a kernel whose tracefs format the daemon checked): worth a line.
-        aya_log_ebpf::error!(&ctx, "geoip: reading inet_sock_set_state failed: {}", code);
+        aya_log_ebpf::error!(ctx, "geoip: reading inet_sock_set_state failed: {}", code);
     }
     0
 }
@@ -61,69 +90,125 @@ fn layout() -> TracepointLayout {
     unsafe { core::ptr::read_volatile(&raw const TP_LAYOUT) }
 }
 
+/// Reads the fields of the tracepoint record.
+trait Fields {
+    /// The value of `T` at the byte offset `pick` selects from the layout.
+    ///
+    /// # Safety
+    /// The layout must be the record's, with `T` the field's type.
+    unsafe fn read<T: Copy>(
+        &self,
+        ctx: &TracePointContext,
+        pick: impl Fn(&TracepointLayout) -> u16,
+    ) -> Result<T, i32>;
+}
+
+/// Direct loads at [`TracepointLayout::DEFAULT`]'s offsets, each a
+/// constant the compiler folds into the load instruction.
+struct Direct;
+
+impl Fields for Direct {
+    #[inline(always)]
+    unsafe fn read<T: Copy>(
+        &self,
+        ctx: &TracePointContext,
+        pick: impl Fn(&TracepointLayout) -> u16,
+    ) -> Result<T, i32> {
+        let offset = usize::from(pick(&TracepointLayout::DEFAULT));
+        // SAFETY: the record has a `T` at this (naturally aligned) offset:
+        // user space attaches this program only when tracefs gives
+        // exactly the default layout.
+        Ok(unsafe { ctx.as_ptr().cast::<u8>().add(offset).cast::<T>().read() })
+    }
+}
+
+/// `bpf_probe_read_kernel` at offsets only known at load time.
+struct Probed(TracepointLayout);
+
+impl Fields for Probed {
+    #[inline(always)]
+    unsafe fn read<T: Copy>(
+        &self,
+        ctx: &TracePointContext,
+        pick: impl Fn(&TracepointLayout) -> u16,
+    ) -> Result<T, i32> {
+        // SAFETY: a helper read of the record; a bad offset is an error.
+        unsafe { ctx.read_at(usize::from(pick(&self.0))) }
+    }
+}
+
 #[inline(always)]
-fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
-    let l = layout();
-    // SAFETY (all reads below): `read_at` is `bpf_probe_read_kernel` of the
-    // tracepoint record at offsets tracefs gave for this kernel.
-    let protocol: u16 = unsafe { ctx.read_at(usize::from(l.protocol))? };
+fn try_handle(ctx: &TracePointContext, f: &impl Fields) -> Result<(), i32> {
+    // SAFETY (every read): each field is read with the type tracefs gives
+    // it (the daemon checks the format before loading).
+    let protocol: u16 = unsafe { f.read(ctx, |l| l.protocol)? };
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let oldstate: i32 = unsafe { ctx.read_at(usize::from(l.oldstate))? };
-    let newstate: i32 = unsafe { ctx.read_at(usize::from(l.newstate))? };
+    let oldstate: i32 = unsafe { f.read(ctx, |l| l.oldstate)? };
+    let newstate: i32 = unsafe { f.read(ctx, |l| l.newstate)? };
     let Some((kind, direction)) = classify(oldstate, newstate) else {
         return Ok(());
     };
-    let family: u16 = unsafe { ctx.read_at(usize::from(l.family))? };
+    let family: u16 = unsafe { f.read(ctx, |l| l.family)? };
     let (saddr, daddr) = match family {
-        AF_INET => {
-            let s: [u8; 4] = unsafe { ctx.read_at(usize::from(l.saddr))? };
-            let d: [u8; 4] = unsafe { ctx.read_at(usize::from(l.daddr))? };
-            (v4_in_16(s), v4_in_16(d))
-        }
+        // An IPv4 address read as a native word keeps its bytes in memory
+        // order, the first four of the event's field.
+        AF_INET => unsafe {
+            (
+                [u64::from(f.read::<u32>(ctx, |l| l.saddr)?), 0],
+                [u64::from(f.read::<u32>(ctx, |l| l.daddr)?), 0],
+            )
+        },
         AF_INET6 => unsafe {
             (
-                ctx.read_at::<[u8; 16]>(usize::from(l.saddr_v6))?,
-                ctx.read_at::<[u8; 16]>(usize::from(l.daddr_v6))?,
+                f.read::<[u64; 2]>(ctx, |l| l.saddr_v6)?,
+                f.read::<[u64; 2]>(ctx, |l| l.daddr_v6)?,
             )
         },
         _ => return Ok(()),
     };
-    let sock: u64 = unsafe { ctx.read_at(usize::from(l.skaddr))? };
+    let sock: u64 = unsafe { f.read(ctx, |l| l.skaddr)? };
     let event = ConnEvent {
-        // SAFETY: a helper with no preconditions.
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        sock,
         saddr,
         daddr,
-        sport: unsafe { ctx.read_at(usize::from(l.sport))? },
-        dport: unsafe { ctx.read_at(usize::from(l.dport))? },
+        netns: netns_of(sock)?,
+        sport: unsafe { f.read(ctx, |l| l.sport)? },
+        dport: unsafe { f.read(ctx, |l| l.dport)? },
         family,
         kind,
         direction,
-        // TCP states are 1..=12.
-        oldstate: u8::try_from(oldstate).unwrap_or(u8::MAX),
-        newstate: u8::try_from(newstate).unwrap_or(u8::MAX),
-        _pad: [0; 2],
-        netns: netns_of(sock)?,
+        _pad: [0; 4],
     };
     if let Some(mut slot) = EVENTS.reserve::<ConnEvent>(0) {
         slot.write(event);
-        // SAFETY: reading a global that user space sets before loading.
-        let wakeup_bytes = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
-        let flags = if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= wakeup_bytes {
-            BPF_RB_FORCE_WAKEUP
-        } else {
-            BPF_RB_NO_WAKEUP
-        };
-        slot.submit(flags.into());
+        slot.submit(wakeup_flag());
     } else if let Some(lost) = LOST.get_ptr_mut(0) {
         // SAFETY: the slot belongs to this CPU and the program cannot be
         // preempted by itself on it.
         unsafe { *lost += 1 };
     }
     Ok(())
+}
+
+/// Wake user space when the record just reserved took the waiting bytes
+/// across a multiple of `WAKEUP_BYTES`: once per batch while it sleeps,
+/// and again every batch while it lags behind. (Waking on every record
+/// once the threshold is passed cost an interrupt per event until user
+/// space had drained the ring.)
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    // SAFETY: reading a global that user space sets before loading.
+    let every = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) }.max(RING_RECORD_BYTES);
+    // Includes the record just reserved.
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA.into());
+    let crossed =
+        waiting >= every && waiting / every != waiting.saturating_sub(RING_RECORD_BYTES) / every;
+    u64::from(if crossed {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    })
 }
 
 /// `sk->__sk_common.skc_net.net->ns.inum`, at the offsets user space read
@@ -141,11 +226,6 @@ fn netns_of(sock: u64) -> Result<u32, i32> {
         bpf_probe_read_kernel((sock + u64::from(sl.net)) as *const u64).map_err(|_| -14)?
     };
     unsafe { bpf_probe_read_kernel((net + u64::from(sl.inum)) as *const u32).map_err(|_| -14) }
-}
-
-#[inline(always)]
-const fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
-    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
 }
 
 #[cfg(not(test))]

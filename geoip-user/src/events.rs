@@ -4,6 +4,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use geoip_common::{
     AF_INET, AF_INET6, ConnEvent, DIRECTION_INBOUND, DIRECTION_OUTBOUND, KIND_CLOSE, KIND_OPEN,
+    address_bytes,
 };
 
 use crate::filter::{canonical, from_canonical};
@@ -90,12 +91,13 @@ pub(crate) fn decode(record: &[u8]) -> Result<Event, DecodeError> {
 }
 
 fn from_raw(raw: &ConnEvent) -> Result<Event, DecodeError> {
-    let addr = |bytes: &[u8; 16]| -> Result<u128, DecodeError> {
+    let addr = |words: &[u64; 2]| -> Result<u128, DecodeError> {
+        let bytes = address_bytes(*words);
         match raw.family {
             AF_INET => Ok(canonical(
                 Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into(),
             )),
-            AF_INET6 => Ok(canonical(Ipv6Addr::from(*bytes).into())),
+            AF_INET6 => Ok(canonical(Ipv6Addr::from(bytes).into())),
             family => Err(DecodeError::Family { family }),
         }
     };
@@ -119,7 +121,7 @@ fn from_raw(raw: &ConnEvent) -> Result<Event, DecodeError> {
 
 #[cfg(test)]
 mod tests {
-    use geoip_common::{DIRECTION_UNKNOWN, classify, tcp_state};
+    use geoip_common::{DIRECTION_UNKNOWN, address_words, classify, tcp_state};
 
     use super::*;
     use crate::filter::ip;
@@ -127,19 +129,15 @@ mod tests {
     fn raw(family: u16, s: [u8; 16], d: [u8; 16], old: i32, new: i32) -> Option<ConnEvent> {
         let (kind, direction) = classify(old, new)?;
         Some(ConnEvent {
-            timestamp_ns: 1,
-            sock: 0xffff_0000_1234,
-            saddr: s,
-            daddr: d,
+            saddr: address_words(s),
+            daddr: address_words(d),
+            netns: 4_026_531_840,
             sport: 40000,
             dport: 443,
             family,
             kind,
             direction,
-            oldstate: u8::try_from(old).unwrap(),
-            newstate: u8::try_from(new).unwrap(),
-            _pad: [0; 2],
-            netns: 4_026_531_840,
+            _pad: [0; 4],
         })
     }
 
@@ -225,7 +223,7 @@ mod tests {
             decode(&[0; 10]),
             Err(DecodeError::Size {
                 len: 10,
-                expected: 64
+                expected: 48
             })
         );
         let mut r = raw(AF_INET, v4([1; 4]), v4([2; 4]), 2, 1).unwrap();

@@ -13,7 +13,7 @@ use aya::{
     programs::TracePoint,
 };
 use geoip_common::{
-    DEFAULT_WAKEUP_BYTES, EVENTS_MAP, LAYOUT_GLOBAL, LOST_MAP, PROGRAM, SOCK_LAYOUT_GLOBAL,
+    EVENTS_MAP, LAYOUT_GLOBAL, LOST_MAP, PROGRAM, PROGRAM_ANY_LAYOUT, SOCK_LAYOUT_GLOBAL,
     SockLayout, TRACEPOINT_CATEGORY, TRACEPOINT_NAME, TracepointLayout, WAKEUP_GLOBAL,
 };
 use tokio::io::{Interest, unix::AsyncFd};
@@ -126,8 +126,9 @@ pub(crate) struct Probe {
 impl Prepared {
     /// Load the program with the layout, attach it and open its maps.
     pub(crate) fn load_and_attach(self) -> Result<Probe, ProbeError> {
-        // Wake-ups in batches, but never later than a quarter of the ring.
-        let wakeup_bytes = DEFAULT_WAKEUP_BYTES.min(u64::from(self.ring_bytes) / 4);
+        // The drain timer reads the ring; the kernel wakes us only when a
+        // quarter of it fills before the timer fires.
+        let wakeup_bytes = u64::from(self.ring_bytes) / 4;
         let mut ebpf = EbpfLoader::new()
             .override_global(LAYOUT_GLOBAL, &self.layout, true)
             .override_global(WAKEUP_GLOBAL, &wakeup_bytes, true)
@@ -142,11 +143,19 @@ impl Prepared {
                 None
             }
         };
+        // The fast build reads the record at the default offsets; any other
+        // layout needs the one that reads where tracefs says.
+        let name = if self.layout == TracepointLayout::DEFAULT {
+            PROGRAM
+        } else {
+            tracing::info!(layout = ?self.layout, "this kernel's inet_sock_set_state record differs from the usual layout; using the program that reads it through a helper");
+            PROGRAM_ANY_LAYOUT
+        };
         let program: &mut TracePoint = ebpf
-            .program_mut(PROGRAM)
+            .program_mut(name)
             .ok_or(ProbeError::Missing {
                 what: "program",
-                name: PROGRAM,
+                name,
             })?
             .try_into()
             .map_err(ProbeError::Attach)?;
@@ -232,8 +241,8 @@ pub(crate) fn missed_runs(program: &std::os::fd::OwnedFd) -> Option<u64> {
 
 /// Most records handed on in one batch.
 const BATCH: usize = 4096;
-/// How often the ring buffer is drained when the kernel has not woken us
-/// (it wakes only once `WAKEUP_BYTES` wait): the longest an event waits.
+/// How often the ring buffer is drained: the longest an event waits. (The
+/// kernel wakes us earlier only when a quarter of the ring fills first.)
 const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Reads the ring buffer as it fills.
