@@ -128,7 +128,10 @@ pub(crate) fn start(args: &Args) -> Result<Started, AppError> {
         path = %db.path.display(),
         database_type = %db.database_type,
         build_epoch = db.build_epoch,
-        "GeoIP database opened"
+        ipv4_ranges = geo.table_size().0,
+        ipv6_ranges = geo.table_size().1,
+        table_bytes = geo.table_size().2,
+        "GeoIP database opened and flattened"
     );
     let (users, transport) = match &args.web_config {
         Some(path) => {
@@ -193,7 +196,10 @@ pub(crate) async fn run(
     if args.connections_api {
         state = state.with_connections_api(query_tx);
     }
-    let tracker = Tracker::new(Exclusions::new(&args.exclude), geo, metrics.recorder());
+    let mut tracker = Tracker::new(Exclusions::new(&args.exclude), geo, metrics.recorder());
+    if args.connections_api {
+        tracker = tracker.keeping_addresses();
+    }
     let lost = probe.lost;
     let program = probe.program;
     metrics.register_kernel_losses(

@@ -84,7 +84,7 @@ pub(crate) enum OpenError {
         source: MaxMindDbError,
     },
     #[error(
-        "GeoIP database {} (type {database_type:?}) has no country data in its first {checked} networks; it looks like an ASN or other non-location database. Use a Country or City database (GeoLite2/GeoIP2 Country or City, DB-IP lite, ip-location-db), e.g. from `cargo xtask fetch-db`",
+        "GeoIP database {} (type {database_type:?}) has no country data in any of its networks ({checked} read); it looks like an ASN or other non-location database. Use a Country or City database (GeoLite2/GeoIP2 Country or City, DB-IP lite, ip-location-db), e.g. from `cargo xtask fetch-db`",
         path.display()
     )]
     NoCountry {
@@ -168,27 +168,23 @@ impl<'de: 'a, 'a> Deserialize<'de> for CountryField<'a> {
     }
 }
 
-/// How many networks [`Geo::open`] reads to make sure the database has
-/// country data at all.
-const COUNTRY_PROBE_NETWORKS: usize = 20_000;
-/// Decoded records kept (by data-section offset). Country databases have a
-/// few hundred distinct records; city databases far more.
-const CACHE_RECORDS: usize = 1 << 16;
+/// Marks ranges whose database record could not be decoded: a lookup
+/// there is an error (counted), the connection counts as unknown.
+const DAMAGED: Country = Country([b'!', b'!']);
 
-/// An open database and its lookup cache.
+/// An open database, flattened: every network's country, as sorted
+/// ranges. The file itself is not kept.
 pub(crate) struct Geo {
-    reader: Reader<Vec<u8>>,
     info: DatabaseInfo,
-    /// Country of each data record decoded so far, by its offset.
-    cache: HashMap<usize, Country>,
+    v4: Ranges<u32>,
+    /// `None` for an IPv4-only database.
+    v6: Option<Ranges<V6>>,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("looking up {addr} failed")]
+#[error("the database record for {addr} could not be decoded (damaged database?)")]
 pub(crate) struct LookupError {
     addr: IpAddr,
-    #[source]
-    source: MaxMindDbError,
 }
 
 impl Geo {
@@ -206,7 +202,7 @@ impl Geo {
         Self::from_bytes(bytes, path)
     }
 
-    /// Check and use the database `bytes`, read from `path`.
+    /// Check and flatten the database `bytes`, read from `path`.
     pub(crate) fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Self, OpenError> {
         if bytes.is_empty() {
             return Err(OpenError::Empty {
@@ -225,18 +221,19 @@ impl Geo {
             build_epoch: meta.build_epoch,
             ip_version: meta.ip_version,
         };
-        let checked = has_country_data(&reader).map_err(invalid)?;
-        if let Some(checked) = checked {
+        let flat = Flattener::run(&reader).map_err(invalid)?;
+        if !flat.has_country {
             return Err(OpenError::NoCountry {
                 path: path.to_owned(),
                 database_type: info.database_type,
-                checked,
+                checked: flat.networks,
             });
         }
+        let v6 = (info.ip_version == 6).then(|| flat.v6.finish());
         Ok(Self {
-            reader,
+            v4: flat.v4.finish(),
+            v6,
             info,
-            cache: HashMap::new(),
         })
     }
 
@@ -244,50 +241,287 @@ impl Geo {
         &self.info
     }
 
+    /// Ranges in the flattened table (IPv4, IPv6), and its size in bytes.
+    pub(crate) fn table_size(&self) -> (usize, usize, usize) {
+        let v6 = self.v6.as_ref();
+        (
+            self.v4.len(),
+            v6.map_or(0, Ranges::len),
+            self.v4.bytes() + v6.map_or(0, Ranges::bytes),
+        )
+    }
+
     /// The country of `addr`; [`Country::UNKNOWN`] when the database has no
     /// answer (or is IPv4-only and `addr` is IPv6).
-    pub(crate) fn lookup(&mut self, addr: IpAddr) -> Result<Country, LookupError> {
-        if addr.is_ipv6() && self.info.ip_version == 4 {
-            return Ok(Country::UNKNOWN);
-        }
-        let result = self
-            .reader
-            .lookup(addr)
-            .map_err(|source| LookupError { addr, source })?;
-        let Some(offset) = result.offset() else {
-            return Ok(Country::UNKNOWN);
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn lookup(&self, addr: IpAddr) -> Result<Country, LookupError> {
+        self.lookup_canonical(crate::filter::canonical(addr))
+    }
+
+    /// [`Self::lookup`] of an address in the form of
+    /// [`crate::filter::canonical`] (IPv4 as `::ffff:a.b.c.d`).
+    #[inline]
+    pub(crate) fn lookup_canonical(&self, addr: u128) -> Result<Country, LookupError> {
+        let country = if addr >> 32 == 0xffff {
+            #[expect(clippy::cast_possible_truncation, reason = "the low 32 bits")]
+            self.v4.find(addr as u32)
+        } else {
+            match &self.v6 {
+                Some(v6) => v6.find(V6::from_u128(addr)),
+                None => Country::UNKNOWN,
+            }
         };
-        if let Some(country) = self.cache.get(&offset) {
-            return Ok(*country);
+        if country == DAMAGED {
+            return Err(LookupError {
+                addr: crate::filter::from_canonical(addr),
+            });
         }
-        let record: Record<'_> = result
-            .decode()
-            .map_err(|source| LookupError { addr, source })?
-            .unwrap_or_default();
-        let country = record.country().unwrap_or(Country::UNKNOWN);
-        if self.cache.len() >= CACHE_RECORDS {
-            self.cache.clear();
-        }
-        self.cache.insert(offset, country);
         Ok(country)
     }
 }
 
-/// `None` when some record among the first networks has a country, else the
-/// number of networks read.
-fn has_country_data(reader: &Reader<Vec<u8>>) -> Result<Option<usize>, MaxMindDbError> {
-    let mut seen = 0;
-    for network in reader.networks(maxminddb::WithinOptions::default())? {
-        let record: Option<Record<'_>> = network?.decode()?;
-        if record.and_then(|r| r.country()).is_some() {
-            return Ok(None);
+/// Reads every network of a database once, decoding each distinct
+/// record once.
+struct Flattener {
+    v4: RangesBuilder<u32>,
+    v6: RangesBuilder<V6>,
+    /// Networks read.
+    networks: usize,
+    /// Whether any network has a country.
+    has_country: bool,
+}
+
+impl Flattener {
+    fn run(reader: &Reader<Vec<u8>>) -> Result<Self, MaxMindDbError> {
+        let mut out = Self {
+            v4: RangesBuilder::new(),
+            v6: RangesBuilder::new(),
+            networks: 0,
+            has_country: false,
+        };
+        let mut decoded: HashMap<usize, Country> = HashMap::new();
+        // Aliases included: an IPv6 range the database maps onto its IPv4
+        // networks (6to4, Teredo) answers as maxminddb's own lookup does.
+        let options = maxminddb::WithinOptions::default().include_aliased_networks();
+        for network in reader.networks(options)? {
+            let network = network?;
+            let Some(offset) = network.offset() else {
+                continue;
+            };
+            let country = *decoded
+                .entry(offset)
+                .or_insert_with(|| decode_country(&network).unwrap_or(DAMAGED));
+            out.networks += 1;
+            out.has_country |= country != Country::UNKNOWN && country != DAMAGED;
+            let net = network.network()?;
+            match net.network() {
+                IpAddr::V4(start) => out.v4.push(u32::from(start), net.prefix(), country),
+                IpAddr::V6(start) => {
+                    let start = u128::from(start);
+                    // The IPv4-mapped alias: those addresses are looked up
+                    // as IPv4.
+                    if start >> 32 != 0xffff {
+                        out.v6.push(V6::from_u128(start), net.prefix(), country);
+                    }
+                }
+            }
         }
-        seen += 1;
-        if seen == COUNTRY_PROBE_NETWORKS {
-            break;
+        Ok(out)
+    }
+}
+
+/// The country of one database answer, decoding only the fields that can
+/// hold one (the layouts in the module's description).
+pub(crate) fn decode_country(
+    result: &maxminddb::LookupResult<'_, Vec<u8>>,
+) -> Result<Country, MaxMindDbError> {
+    Ok(result
+        .decode::<Record<'_>>()?
+        .and_then(|r| r.country())
+        .unwrap_or(Country::UNKNOWN))
+}
+
+/// An address type a [`Ranges`] table is keyed by, ordered as numbers.
+trait Address: Copy + Ord {
+    const ZERO: Self;
+    /// The first address of the `top`-th of the 2^16 slices of the space.
+    fn slice_start(top: usize) -> Self;
+    /// Which of the 2^16 slices `self` is in.
+    fn slice(self) -> usize;
+    /// The first address after the network `self`/`prefix`; `None` at the
+    /// end of the space.
+    fn after(self, prefix: u8) -> Option<Self>;
+}
+
+impl Address for u32 {
+    const ZERO: Self = 0;
+    fn slice_start(top: usize) -> Self {
+        u32::try_from(top).unwrap_or(u32::MAX >> 16) << 16
+    }
+    fn slice(self) -> usize {
+        (self >> 16) as usize
+    }
+    fn after(self, prefix: u8) -> Option<Self> {
+        let size = 1u32.checked_shl(Self::BITS - u32::from(prefix))?;
+        self.checked_add(size)
+    }
+}
+
+/// An IPv6 address as two words, most significant first: ordered as the
+/// number, but 8-byte aligned, so a table entry with its country takes
+/// 24 bytes instead of a `u128`'s 32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct V6([u64; 2]);
+
+impl V6 {
+    #[expect(clippy::cast_possible_truncation, reason = "splitting in halves")]
+    const fn from_u128(a: u128) -> Self {
+        Self([(a >> 64) as u64, a as u64])
+    }
+
+    const fn to_u128(self) -> u128 {
+        ((self.0[0] as u128) << 64) | self.0[1] as u128
+    }
+}
+
+impl Address for V6 {
+    const ZERO: Self = Self([0, 0]);
+    fn slice_start(top: usize) -> Self {
+        Self([(top as u64) << 48, 0])
+    }
+    fn slice(self) -> usize {
+        (self.0[0] >> 48) as usize
+    }
+    fn after(self, prefix: u8) -> Option<Self> {
+        let size = 1u128.checked_shl(128 - u32::from(prefix))?;
+        self.to_u128().checked_add(size).map(Self::from_u128)
+    }
+}
+
+/// Slices of the address space the first-level index cuts it into.
+const SLICES: usize = 1 << 16;
+
+/// The first-level index entry of one slice of the address space.
+#[derive(Clone, Copy, Debug)]
+struct Slice {
+    /// The range holding the slice's first address.
+    first: u32,
+    /// Whether that range covers the whole slice.
+    whole: bool,
+    /// Its country (so a whole slice needs no second read).
+    country: Country,
+}
+
+/// The whole address space as sorted, contiguous ranges, each with one
+/// country: range `i` runs from `ranges[i].0` to `ranges[i + 1].0 - 1`.
+/// `index[s]` is for slice `s` (the top 16 bits): the answer itself if the
+/// slice lies in one range, else where its ranges begin, so a lookup is
+/// one index read, or that and a binary search among the few ranges of
+/// one slice (start and country side by side).
+struct Ranges<A> {
+    ranges: Vec<(A, Country)>,
+    /// One per slice, and one more for the end of the space.
+    index: Vec<Slice>,
+}
+
+impl<A: Address> Ranges<A> {
+    fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    fn bytes(&self) -> usize {
+        self.ranges.capacity() * size_of::<(A, Country)>()
+            + self.index.capacity() * size_of::<Slice>()
+    }
+
+    #[inline]
+    fn find(&self, addr: A) -> Country {
+        let slice = addr.slice();
+        let (Some(this), Some(next)) = (self.index.get(slice), self.index.get(slice + 1)) else {
+            return Country::UNKNOWN;
+        };
+        if this.whole {
+            return this.country;
+        }
+        // From the range holding this slice's first address to the one
+        // holding the next slice's: `ranges[lo].0 <= addr` always.
+        let within = self
+            .ranges
+            .get(this.first as usize..=next.first as usize)
+            .unwrap_or_default();
+        let at = within.partition_point(|r| r.0 <= addr).saturating_sub(1);
+        within.get(at).map_or(Country::UNKNOWN, |r| r.1)
+    }
+}
+
+/// Builds [`Ranges`] from networks given in ascending order.
+struct RangesBuilder<A> {
+    ranges: Vec<(A, Country)>,
+    /// The first address not yet covered; `None` once the space is.
+    next: Option<A>,
+}
+
+impl<A: Address> RangesBuilder<A> {
+    const fn new() -> Self {
+        Self {
+            ranges: Vec::new(),
+            next: Some(A::ZERO),
         }
     }
-    Ok(Some(seen))
+
+    fn push_range(&mut self, start: A, country: Country) {
+        if self.ranges.last().map(|r| r.1) != Some(country) {
+            self.ranges.push((start, country));
+        }
+    }
+
+    /// The network `start`/`prefix` has `country`. Networks must come in
+    /// ascending order without overlap; one that does not is ignored.
+    fn push(&mut self, start: A, prefix: u8, country: Country) {
+        let Some(next) = self.next else { return };
+        if start < next {
+            return;
+        }
+        if start > next {
+            self.push_range(next, Country::UNKNOWN);
+        }
+        self.push_range(start, country);
+        self.next = start.after(prefix);
+    }
+
+    fn finish(mut self) -> Ranges<A> {
+        if let Some(next) = self.next {
+            self.push_range(next, Country::UNKNOWN);
+        }
+        if self.ranges.is_empty() {
+            self.push_range(A::ZERO, Country::UNKNOWN);
+        }
+        let mut ranges = self.ranges;
+        ranges.shrink_to_fit();
+        let position = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
+        let mut index = Vec::with_capacity(SLICES + 1);
+        let mut at = 0usize;
+        for slice in 0..SLICES {
+            let first = A::slice_start(slice);
+            while at + 1 < ranges.len() && ranges[at + 1].0 <= first {
+                at += 1;
+            }
+            // One range covers the slice when the next one starts only in
+            // a later slice.
+            let whole = ranges.get(at + 1).is_none_or(|next| next.0.slice() > slice);
+            index.push(Slice {
+                first: position(at),
+                whole,
+                country: ranges[at].1,
+            });
+        }
+        index.push(Slice {
+            first: position(ranges.len() - 1),
+            whole: true,
+            country: Country::UNKNOWN,
+        });
+        Ranges { ranges, index }
+    }
 }
 
 #[cfg(test)]
@@ -512,6 +746,89 @@ mod tests {
         assert_eq!(lookup(&mut geo, "198.51.100.1"), "FR");
     }
 
+    /// The flattened table answers exactly what maxminddb's own lookup
+    /// answers, for addresses inside, between and around many networks.
+    #[test]
+    #[expect(clippy::cast_possible_truncation, reason = "random bits")]
+    fn flattened_lookups_match_maxminddb() {
+        let dir = tempdir("flat");
+        let mut w = Writer::new("GeoLite2-Country", 6);
+        let codes = ["DE", "JP", "BR", "US", "FR"];
+        // A small deterministic generator (xorshift).
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut random = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut blocks: Vec<u32> = (0..3000).map(|_| (random() as u32) >> 12).collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        for (i, b) in blocks.iter().enumerate() {
+            let net = std::net::Ipv4Addr::from(b << 12);
+            // Neighbours with the same country merge into one range.
+            let code = codes[(i / 3) % codes.len()];
+            w.insert(&format!("{net}/20"), geolite2_country(code))
+                .unwrap();
+        }
+        let mut v6: Vec<u128> = (0..500)
+            .map(|_| (0x2a00_u128 << 112) | (u128::from(random()) << 48))
+            .map(|a| a & !((1u128 << 80) - 1))
+            .collect();
+        v6.sort_unstable();
+        v6.dedup();
+        for (i, a) in v6.iter().enumerate() {
+            let net = std::net::Ipv6Addr::from(*a);
+            w.insert(
+                &format!("{net}/48"),
+                geolite2_country(codes[i % codes.len()]),
+            )
+            .unwrap();
+        }
+        let path = write(&dir, "flat.mmdb", &w);
+        let geo = Geo::open(&path).unwrap();
+        let reader = Reader::open_readfile(&path).unwrap();
+        let theirs = |addr: IpAddr| -> Country {
+            reader
+                .lookup(addr)
+                .unwrap()
+                .decode::<Record<'_>>()
+                .unwrap()
+                .and_then(|r| r.country())
+                .unwrap_or(Country::UNKNOWN)
+        };
+        let mut checked = 0;
+        for b in &blocks {
+            for offset in [0u32, 1, 4095, 4096, 0xffff_ffff] {
+                let addr = IpAddr::V4((b << 12).wrapping_add(offset).into());
+                assert_eq!(geo.lookup(addr).unwrap(), theirs(addr), "{addr}");
+                checked += 1;
+            }
+        }
+        for a in &v6 {
+            for offset in [0u128, 1, (1 << 80) - 1, 1 << 80, u128::MAX] {
+                let addr = IpAddr::V6(a.wrapping_add(offset).into());
+                assert_eq!(geo.lookup(addr).unwrap(), theirs(addr), "{addr}");
+                checked += 1;
+            }
+        }
+        for _ in 0..20_000 {
+            let v4 = IpAddr::V4((random() as u32).into());
+            let v6 = IpAddr::V6((u128::from(random()) << 64 | u128::from(random())).into());
+            for addr in [v4, v6] {
+                assert_eq!(geo.lookup(addr).unwrap(), theirs(addr), "{addr}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 50_000);
+        let (v4_ranges, _, _) = geo.table_size();
+        assert!(
+            v4_ranges < blocks.len() * 2,
+            "neighbours merged: {v4_ranges}"
+        );
+    }
+
     #[test]
     fn ipv4_only_database_answers_unknown_for_ipv6() {
         let dir = tempdir("v4only");
@@ -554,7 +871,7 @@ mod tests {
         geoip_tests::fixtures::write_asn_database(&asn);
         let err = Geo::open(&asn).err().unwrap();
         assert!(
-            matches!(err, OpenError::NoCountry { checked: 3, .. }),
+            matches!(err, OpenError::NoCountry { checked, .. } if checked >= 3),
             "{err:?}"
         );
         assert!(err.to_string().contains("GeoLite2-ASN"));

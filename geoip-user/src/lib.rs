@@ -1,7 +1,8 @@
 //! geoip-exporter: where in the world this machine's TCP connections come
 //! from and go to, as Prometheus metrics. The binary (`src/main.rs`) calls
 //! [`main`]; with the `fuzzing` feature, [`fuzz`] exposes the parsers of
-//! outside input to the fuzz targets in `fuzz/`.
+//! outside input to the fuzz targets in `fuzz/`, and with `bench`, `bench`
+//! what `cargo xtask bench` measures.
 //!
 //! # Layout
 //! Data flows one way:
@@ -22,6 +23,8 @@
 //! - [`app`]: start-up order, tasks, shutdown.
 
 mod app;
+#[cfg(feature = "bench")]
+pub mod bench;
 mod btf;
 mod caps;
 mod cli;

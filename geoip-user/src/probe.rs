@@ -26,7 +26,8 @@ use crate::{
 };
 
 /// The kernel program, built by `build.rs` with aya-build.
-static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/geoip"));
+pub(crate) static PROGRAM_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/geoip"));
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProbeError {

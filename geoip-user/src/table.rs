@@ -3,6 +3,7 @@
 
 use std::{
     collections::{HashMap, HashSet, hash_map::Entry},
+    hash::{BuildHasher as _, BuildHasherDefault, Hasher, RandomState},
     net::IpAddr,
 };
 
@@ -14,12 +15,45 @@ use crate::{
     snapshot::Snapshot,
 };
 
-/// What the exporter remembers of a tracked connection.
+/// What the exporter remembers of a tracked connection: 8 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Tracked {
+    /// Its network namespace (the reconcile judges it only if that
+    /// namespace was read).
+    netns: u32,
     country: Country,
     direction: Direction,
 }
+
+/// A connection's identity ([`ConnKey`], 40 bytes) as 64 bits: a `SipHash`
+/// of it with a key drawn at start-up, so that nobody outside can choose
+/// 4-tuples that collide. Two of n live connections share one with
+/// probability about n^2 / 2^65 (3 * 10^-10 at 100,000); the reconcile
+/// would repair the miscount.
+type Fingerprint = u64;
+
+/// Hashes a [`Fingerprint`] to itself: it is already a uniform hash.
+#[derive(Clone, Copy, Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; anything else still hashes.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type ByFingerprint<V> = HashMap<Fingerprint, V, BuildHasherDefault<Prehashed>>;
 
 /// What [`Tracker::apply`] did with an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,14 +119,21 @@ pub(crate) struct ConnQuery {
 }
 
 /// The connection table and everything it updates; owned by one task.
+/// A tracked connection costs one 16-byte entry (fingerprint and
+/// [`Tracked`]) plus the hash table's control byte and spare room.
 pub(crate) struct Tracker {
-    conns: HashMap<ConnKey, Tracked>,
+    conns: ByFingerprint<Tracked>,
+    /// Draws the fingerprints.
+    keys: RandomState,
+    /// Every tracked connection's addresses, kept only for
+    /// `/api/v1/connections` (`--web.enable-connections-api`).
+    addresses: Option<ByFingerprint<ConnKey>>,
     exclusions: Exclusions,
     geo: Geo,
     recorder: Recorder,
     /// While a snapshot is being taken: the connections events changed
     /// meanwhile (the events know better than the snapshot about them).
-    touched: Option<HashSet<ConnKey>>,
+    touched: Option<HashSet<Fingerprint, BuildHasherDefault<Prehashed>>>,
     /// Namespaces the last snapshot read: one of them missing from the
     /// next snapshot is gone, with its connections.
     namespaces: HashSet<u32>,
@@ -101,13 +142,26 @@ pub(crate) struct Tracker {
 impl Tracker {
     pub(crate) fn new(exclusions: Exclusions, geo: Geo, recorder: Recorder) -> Self {
         Self {
-            conns: HashMap::new(),
+            conns: ByFingerprint::default(),
+            keys: RandomState::new(),
+            addresses: None,
             exclusions,
             geo,
             recorder,
             touched: None,
             namespaces: HashSet::new(),
         }
+    }
+
+    /// Also keep every tracked connection's addresses, for
+    /// [`Self::list`].
+    pub(crate) fn keeping_addresses(mut self) -> Self {
+        self.addresses = Some(ByFingerprint::default());
+        self
+    }
+
+    fn fingerprint(&self, key: &ConnKey) -> Fingerprint {
+        self.keys.hash_one(key)
     }
 
     /// Use `geo` for connections that open from now on. Connections
@@ -126,13 +180,21 @@ impl Tracker {
     }
 
     /// Up to `limit` tracked connections (most recent remote addresses
-    /// first is not promised: the order is the table's).
+    /// first is not promised: the order is the table's); none unless
+    /// [`Self::keeping_addresses`].
     pub(crate) fn list(&self, limit: usize) -> ConnList {
+        let Some(addresses) = &self.addresses else {
+            return ConnList {
+                total: self.conns.len(),
+                connections: Vec::new(),
+            };
+        };
         ConnList {
             total: self.conns.len(),
             connections: self
                 .conns
                 .iter()
+                .filter_map(|(fp, t)| Some((addresses.get(fp)?, t)))
                 .take(limit)
                 .map(|(key, t)| ConnView {
                     remote: from_canonical(key.remote),
@@ -149,30 +211,31 @@ impl Tracker {
 
     /// Apply one kernel event.
     pub(crate) fn apply(&mut self, event: &Event) -> Outcome {
+        let fp = self.fingerprint(&event.key);
         if let Some(touched) = &mut self.touched {
-            touched.insert(event.key);
+            touched.insert(fp);
         }
         match event.change {
             Change::Open(direction) => {
                 self.recorder.event_read(true);
-                self.open(event.key, direction)
+                self.open(fp, &event.key, direction)
             }
             Change::Close => {
                 self.recorder.event_read(false);
-                self.close(&event.key)
+                self.close(fp)
             }
         }
     }
 
-    fn open(&mut self, key: ConnKey, direction: Direction) -> Outcome {
+    fn open(&mut self, fp: Fingerprint, key: &ConnKey, direction: Direction) -> Outcome {
         if self.exclusions.excludes(key.remote) {
             return Outcome::Excluded;
         }
-        match self.conns.entry(key) {
+        match self.conns.entry(fp) {
             Entry::Occupied(mut entry) => {
                 let old = *entry.get();
                 tracing::debug!(
-                    key = ?entry.key(),
+                    ?key,
                     ?direction,
                     flipped = old.direction != direction,
                     "open of a connection already tracked"
@@ -187,7 +250,7 @@ impl Tracker {
                 Outcome::AlreadyTracked
             }
             Entry::Vacant(entry) => {
-                let country = match self.geo.lookup(from_canonical(key.remote)) {
+                let country = match self.geo.lookup_canonical(key.remote) {
                     Ok(country) => country,
                     Err(err) => {
                         tracing::debug!(error = %err, "lookup failed; counting as unknown");
@@ -195,16 +258,26 @@ impl Tracker {
                         Country::UNKNOWN
                     }
                 };
-                entry.insert(Tracked { country, direction });
+                entry.insert(Tracked {
+                    netns: key.netns,
+                    country,
+                    direction,
+                });
+                if let Some(addresses) = &mut self.addresses {
+                    addresses.insert(fp, *key);
+                }
                 self.recorder.opened(country, direction);
                 Outcome::Opened
             }
         }
     }
 
-    fn close(&mut self, key: &ConnKey) -> Outcome {
-        match self.conns.remove(key) {
+    fn close(&mut self, fp: Fingerprint) -> Outcome {
+        match self.conns.remove(&fp) {
             Some(t) => {
+                if let Some(addresses) = &mut self.addresses {
+                    addresses.remove(&fp);
+                }
                 self.recorder.closed(t.country, t.direction);
                 Outcome::Closed
             }
@@ -215,7 +288,7 @@ impl Tracker {
     /// A snapshot is about to be taken: from now on remember which
     /// connections events change, until [`Self::finish_sync`].
     pub(crate) fn begin_sync(&mut self) {
-        self.touched = Some(HashSet::new());
+        self.touched = Some(HashSet::default());
     }
 
     /// The snapshot failed: judge nothing, the table stays as the events
@@ -234,30 +307,41 @@ impl Tracker {
     /// uncounted, unless its namespace could not be read.
     pub(crate) fn finish_sync(&mut self, snapshot: &Snapshot, kind: SyncKind) -> SyncReport {
         let touched = self.touched.take().unwrap_or_default();
-        let mut seen: HashMap<ConnKey, Direction> = HashMap::with_capacity(snapshot.conns.len());
+        let mut seen: ByFingerprint<(ConnKey, Direction)> =
+            HashMap::with_capacity_and_hasher(snapshot.conns.len(), BuildHasherDefault::default());
         for &(key, direction) in &snapshot.conns {
             if !self.exclusions.excludes(key.remote) {
-                seen.insert(key, direction);
+                seen.insert(self.fingerprint(&key), (key, direction));
             }
         }
         let mut report = SyncReport::default();
         let recorder = &mut self.recorder;
         let namespaces = &self.namespaces;
-        self.conns.retain(|key, tracked| {
-            let covered = snapshot.scanned.contains(&key.netns)
-                || (namespaces.contains(&key.netns) && !snapshot.unreadable.contains(&key.netns));
-            let stale = covered && !seen.contains_key(key) && !touched.contains(key);
+        let addresses = &mut self.addresses;
+        self.conns.retain(|fp, tracked| {
+            let ns = tracked.netns;
+            let covered = snapshot.scanned.contains(&ns)
+                || (namespaces.contains(&ns) && !snapshot.unreadable.contains(&ns));
+            let stale = covered && !seen.contains_key(fp) && !touched.contains(fp);
             if stale {
                 if kind == SyncKind::Reconcile {
-                    tracing::debug!(?key, "reconcile: no longer ESTABLISHED, uncounted");
+                    tracing::debug!(
+                        netns = ns,
+                        country = ?tracked.country,
+                        direction = ?tracked.direction,
+                        "reconcile: no longer ESTABLISHED, uncounted"
+                    );
+                }
+                if let Some(addresses) = addresses {
+                    addresses.remove(fp);
                 }
                 recorder.closed(tracked.country, tracked.direction);
                 report.removed += 1;
             }
             !stale
         });
-        for (key, direction) in seen {
-            if !touched.contains(&key) && !self.conns.contains_key(&key) {
+        for (fp, (key, direction)) in seen {
+            if !touched.contains(&fp) && !self.conns.contains_key(&fp) {
                 if kind == SyncKind::Reconcile {
                     tracing::debug!(
                         ?key,
@@ -265,7 +349,7 @@ impl Tracker {
                         "reconcile: ESTABLISHED but untracked, counted"
                     );
                 }
-                self.open(key, direction);
+                self.open(fp, &key, direction);
                 report.added += 1;
             }
         }
@@ -305,7 +389,8 @@ mod tests {
             Exclusions::new(&extra),
             Geo::open(&path).unwrap(),
             metrics.recorder(),
-        );
+        )
+        .keeping_addresses();
         (t, metrics)
     }
 
@@ -454,6 +539,11 @@ mod tests {
         );
         let one = t.list(1);
         assert_eq!((one.total, one.connections.len()), (2, 1));
+        // Closed connections leave the address table too.
+        t.apply(&close(key("192.0.2.1", 443, 40001)));
+        let left = t.list(10);
+        assert_eq!((left.total, left.connections.len()), (1, 1));
+        assert_eq!(t.addresses.as_ref().map(HashMap::len), Some(1));
     }
 
     #[test]
