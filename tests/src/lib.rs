@@ -5,6 +5,8 @@
 //!   namespace the test creates;
 //! - [`exporter`]: runs the real binary and reads its `/metrics`;
 //! - [`load`]: load generation for the benchmark and the soak;
+//! - [`hold`], [`scrape`]: the scale benchmark's connection holders
+//!   and `/metrics` latency;
 //! - [`webdriver`]: drives headless Chromium for the map page's test.
 
 #![expect(
@@ -19,8 +21,10 @@ use bcrypt as _;
 
 pub mod exporter;
 pub mod fixtures;
+pub mod hold;
 pub mod load;
 pub mod mmdb;
 pub mod netns;
 pub mod prometheus;
+pub mod scrape;
 pub mod webdriver;
