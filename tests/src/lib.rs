@@ -5,8 +5,8 @@
 //!   namespace the test creates;
 //! - [`exporter`]: runs the real binary and reads its `/metrics`;
 //! - [`load`]: load generation for the benchmark and the soak;
-//! - [`hold`], [`scrape`]: the scale benchmark's connection holders
-//!   and `/metrics` latency;
+//! - [`hold`], [`scrape`], [`peer`]: the scale and poller benchmarks'
+//!   connection holders, `/metrics` latency and the polling peer;
 //! - [`webdriver`]: drives headless Chromium for the map page's test.
 
 #![expect(
@@ -25,6 +25,7 @@ pub mod hold;
 pub mod load;
 pub mod mmdb;
 pub mod netns;
+pub mod peer;
 pub mod prometheus;
 pub mod scrape;
 pub mod webdriver;
