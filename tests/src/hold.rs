@@ -325,7 +325,9 @@ impl Holders {
 
     /// Hold exactly `total` connections: stop the newest children while
     /// more are held, then start new ones for what is missing, and wait
-    /// until every new child reports its connections made.
+    /// until every new child reports its connections made. On an error,
+    /// the children that failed are stopped and [`Self::held`] counts the
+    /// others.
     pub fn resize(&mut self, total: usize) -> io::Result<()> {
         let mut stopping = Vec::new();
         while self.held() > total
@@ -334,37 +336,45 @@ impl Holders {
             stopping.push(last);
         }
         stop_all(stopping);
+        // New children join `self.children` only once they report their
+        // connections made; the others are stopped.
         let mut missing = total - self.held();
-        let mut waiting = Vec::new();
+        let mut fresh = Vec::new();
         while missing > 0 {
             let count = missing.min(MAX_PER_HOLDER);
-            let (holder, ready) = self.spawn(count)?;
-            waiting.push((self.children.len(), ready));
-            self.children.push(holder);
+            match self.spawn(count) {
+                Ok(started) => fresh.push(started),
+                Err(err) => {
+                    stop_all(fresh.into_iter().map(|(h, _)| h).collect());
+                    return Err(err);
+                }
+            }
             missing -= count;
         }
         let deadline = Instant::now() + CONNECT_WITHIN + Duration::from_secs(10);
         let mut failed = Vec::new();
-        for (i, ready) in waiting {
-            let want = self.children[i].count;
+        let mut failures = Vec::new();
+        for (holder, ready) in fresh {
             let line = ready
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|_| "no answer in time".to_owned());
-            if line.trim() != format!("ready {want}") {
-                failed.push((i, format!("holder of {want} connections: {}", line.trim())));
+            if line.trim() == format!("ready {}", holder.count) {
+                self.children.push(holder);
+            } else {
+                failures.push(format!(
+                    "holder of {} connections: {}",
+                    holder.count,
+                    line.trim()
+                ));
+                failed.push(holder);
             }
         }
-        if failed.is_empty() {
-            return Ok(());
+        stop_all(failed);
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(io::Error::other(failures.join("; ")))
         }
-        // Failed children are stopped; what they held no longer counts.
-        let mut bad = Vec::new();
-        for (i, _) in failed.iter().rev() {
-            bad.push(self.children.remove(*i));
-        }
-        stop_all(bad);
-        let messages: Vec<String> = failed.into_iter().map(|(_, m)| m).collect();
-        Err(io::Error::other(messages.join("; ")))
     }
 
     /// Start one child holding `count`; the receiver gets its first line.
