@@ -18,6 +18,13 @@ pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU array (one `u64` slot) counting events the program
 /// could not submit because the ring buffer was full.
 pub const LOST_MAP: &str = "LOST";
+/// Name of the one-slot array (`u32`) through which the daemon tells the
+/// program how to wake it: [`WAKE_ON_FIRST`] while it sleeps until woken
+/// (no events for a while), 0 while it drains the ring on its timer.
+pub const CONTROL_MAP: &str = "CONTROL";
+/// [`CONTROL_MAP`] value: wake user space on the first record of an empty
+/// ring.
+pub const WAKE_ON_FIRST: u32 = 1;
 /// Name of the global holding the [`TracepointLayout`].
 pub const LAYOUT_GLOBAL: &str = "TP_LAYOUT";
 /// Name of the global (`u64`): wake user space up when the bytes waiting in
@@ -101,6 +108,55 @@ pub const fn classify(oldstate: i32, newstate: i32) -> Option<(u8, u8)> {
     } else {
         None
     }
+}
+
+/// Whether connections with this remote IPv4 address are never counted:
+/// the ranges the daemon always excludes (its `filter::BUILTIN` list, and
+/// a test checks the two agree). The kernel program drops their events
+/// before they cost a ring-buffer record; a load balancer's connections to
+/// private back ends are half its connections.
+#[must_use]
+#[inline]
+pub const fn always_excluded_v4(a: [u8; 4]) -> bool {
+    matches!(
+        a,
+        [0 | 10 | 127 | 224..=239, ..] | [169, 254, ..] | [192, 168, ..] | [255, 255, 255, 255]
+    ) || (a[0] == 100 && a[1] & 0xc0 == 64)
+        || (a[0] == 172 && a[1] & 0xf0 == 16)
+}
+
+/// [`always_excluded_v4`] for an IPv6 address (an IPv4-mapped one is
+/// judged as IPv4).
+#[must_use]
+#[inline]
+pub const fn always_excluded_v6(a: [u8; 16]) -> bool {
+    let [
+        b0,
+        b1,
+        b2,
+        b3,
+        b4,
+        b5,
+        b6,
+        b7,
+        b8,
+        b9,
+        b10,
+        b11,
+        b12,
+        b13,
+        b14,
+        b15,
+    ] = a;
+    let zero_to_9 = b0 | b1 | b2 | b3 | b4 | b5 | b6 | b7 | b8 | b9 == 0;
+    if zero_to_9 && b10 == 0xff && b11 == 0xff {
+        return always_excluded_v4([b12, b13, b14, b15]);
+    }
+    // `::` and `::1`.
+    (zero_to_9 && b10 | b11 | b12 | b13 | b14 == 0 && b15 <= 1)
+        || b0 & 0xfe == 0xfc
+        || (b0 == 0xfe && b1 & 0xc0 == 0x80)
+        || b0 == 0xff
 }
 
 /// One TCP connection entering or leaving ESTABLISHED.

@@ -22,12 +22,13 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_probe_read_kernel,
     macros::{map, tracepoint},
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use geoip_common::{
     AF_INET, AF_INET6, ConnEvent, DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES, IPPROTO_TCP,
-    RING_RECORD_BYTES, SockLayout, TracepointLayout, classify,
+    RING_RECORD_BYTES, SockLayout, TracepointLayout, WAKE_ON_FIRST, address_bytes,
+    always_excluded_v4, always_excluded_v6, classify,
 };
 
 #[map(name = "EVENTS")]
@@ -35,6 +36,9 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
 #[map(name = "LOST")]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "CONTROL")]
+static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Field offsets of the tracepoint record; user space overwrites this with
 /// what tracefs says before loading.
@@ -168,6 +172,16 @@ fn try_handle(ctx: &TracePointContext, f: &impl Fields) -> Result<(), i32> {
         },
         _ => return Ok(()),
     };
+    // Never counted (private, loopback, ...): not worth a record.
+    let remote = address_bytes(daddr);
+    let excluded = if family == AF_INET {
+        always_excluded_v4([remote[0], remote[1], remote[2], remote[3]])
+    } else {
+        always_excluded_v6(remote)
+    };
+    if excluded {
+        return Ok(());
+    }
     let sock: u64 = unsafe { f.read(ctx, |l| l.skaddr)? };
     let event = ConnEvent {
         saddr,
@@ -192,10 +206,10 @@ fn try_handle(ctx: &TracePointContext, f: &impl Fields) -> Result<(), i32> {
 }
 
 /// Wake user space when the record just reserved took the waiting bytes
-/// across a multiple of `WAKEUP_BYTES`: once per batch while it sleeps,
-/// and again every batch while it lags behind. (Waking on every record
-/// once the threshold is passed cost an interrupt per event until user
-/// space had drained the ring.)
+/// across a multiple of `WAKEUP_BYTES` (it drains the ring on a timer, but
+/// the ring must not fill first), or, while it sleeps until woken (no
+/// events for a while), when this is the first record of an empty ring (the
+/// kernel's own rule for flags 0). Otherwise not: a wake-up is an interrupt.
 #[inline(always)]
 fn wakeup_flag() -> u64 {
     // SAFETY: reading a global that user space sets before loading.
@@ -204,11 +218,13 @@ fn wakeup_flag() -> u64 {
     let waiting = EVENTS.query(BPF_RB_AVAIL_DATA.into());
     let crossed =
         waiting >= every && waiting / every != waiting.saturating_sub(RING_RECORD_BYTES) / every;
-    u64::from(if crossed {
-        BPF_RB_FORCE_WAKEUP
+    if crossed {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else if CONTROL.get(0).is_some_and(|mode| *mode == WAKE_ON_FIRST) {
+        0
     } else {
-        BPF_RB_NO_WAKEUP
-    })
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
 }
 
 /// `sk->__sk_common.skc_net.net->ns.inum`, at the offsets user space read

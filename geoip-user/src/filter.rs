@@ -189,6 +189,42 @@ mod tests {
         assert_eq!(Exclusions::new(&[]).ranges.len(), BUILTIN.len());
     }
 
+    /// The kernel program's own check (`geoip_common::always_excluded_*`)
+    /// drops exactly the built-in ranges: at every range's edges, just
+    /// outside them, and at many addresses between.
+    #[test]
+    fn the_kernel_check_matches_the_builtin_list() {
+        let builtin = excl(&[]);
+        let kernel = |a: u128| {
+            let v6 = Ipv6Addr::from(a);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => geoip_common::always_excluded_v4(v4.octets()),
+                None => geoip_common::always_excluded_v6(v6.octets()),
+            }
+        };
+        let mut probes: Vec<u128> = Vec::new();
+        for c in &builtin.ranges {
+            let size = if c.prefix == 0 { u128::MAX } else { !c.mask() };
+            for a in [c.network, c.network | size] {
+                probes.extend([a, a.wrapping_sub(1), a.wrapping_add(1)]);
+            }
+        }
+        // A walk over both spaces.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            probes.push(canonical(IpAddr::from(std::net::Ipv4Addr::from(
+                u32::try_from(x >> 32).unwrap(),
+            ))));
+            probes.push(u128::from(x) << 64 | u128::from(x.rotate_left(17)));
+        }
+        for a in probes {
+            assert_eq!(kernel(a), builtin.excludes(a), "{}", Ipv6Addr::from(a));
+        }
+    }
+
     #[test]
     fn ipv4_private_and_special_are_excluded() {
         let e = excl(&[]);
