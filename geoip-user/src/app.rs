@@ -222,7 +222,7 @@ pub(crate) async fn run(
     // say, so each one counts once.
     let (geo_tx, geo_rx) = mpsc::channel(1);
     let mut events = EventLoop {
-        reader: EventReader::new(probe.ring)?,
+        reader: EventReader::new(probe.ring, probe.control)?,
         tracker,
         metrics: metrics.clone(),
         snapshotter,
@@ -399,6 +399,12 @@ impl EventLoop {
             namespaces: snap.scanned.len(),
         };
         let report = self.tracker.finish_sync(&snap, kind);
+        // The snapshot and the merge's working set (megabytes at 100,000
+        // connections) are freed now: give the memory back rather than let
+        // the allocator keep it.
+        drop(snap);
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
         if kind == SyncKind::Reconcile && report != SyncReport::default() {
             tracing::info!(
                 added = report.added,

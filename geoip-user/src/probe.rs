@@ -9,12 +9,13 @@ use std::io;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
 use geoip_common::{
-    EVENTS_MAP, LAYOUT_GLOBAL, LOST_MAP, PROGRAM, PROGRAM_ANY_LAYOUT, SOCK_LAYOUT_GLOBAL,
-    SockLayout, TRACEPOINT_CATEGORY, TRACEPOINT_NAME, TracepointLayout, WAKEUP_GLOBAL,
+    CONTROL_MAP, EVENTS_MAP, LAYOUT_GLOBAL, LOST_MAP, PROGRAM, PROGRAM_ANY_LAYOUT,
+    SOCK_LAYOUT_GLOBAL, SockLayout, TRACEPOINT_CATEGORY, TRACEPOINT_NAME, TracepointLayout,
+    WAKE_ON_FIRST, WAKEUP_GLOBAL,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -118,6 +119,8 @@ pub(crate) struct Probe {
     /// The ring buffer; [`EventReader::new`] reads it inside the runtime.
     pub(crate) ring: RingBuf<MapData>,
     pub(crate) lost: PerCpuArray<MapData, u64>,
+    /// How the program wakes us (see [`EventReader`]).
+    pub(crate) control: Array<MapData, u32>,
     /// The program, for the kernel's count of its skipped runs.
     pub(crate) program: std::os::fd::OwnedFd,
     /// Whether events carry their socket's network namespace.
@@ -175,11 +178,13 @@ impl Prepared {
         };
         let ring = take_map(&mut ebpf, EVENTS_MAP, RingBuf::try_from)?;
         let lost = take_map(&mut ebpf, LOST_MAP, PerCpuArray::try_from)?;
+        let control = take_map(&mut ebpf, CONTROL_MAP, Array::try_from)?;
         Ok(Probe {
             _ebpf: ebpf,
             logger,
             ring,
             lost,
+            control,
             program,
             namespaces: self.sock_layout.enabled != 0,
         })
@@ -242,32 +247,60 @@ pub(crate) fn missed_runs(program: &std::os::fd::OwnedFd) -> Option<u64> {
 
 /// Most records handed on in one batch.
 const BATCH: usize = 4096;
-/// How often the ring buffer is drained: the longest an event waits. (The
-/// kernel wakes us earlier only when a quarter of the ring fills first.)
+/// How often the ring buffer is drained while events come: the longest an
+/// event waits. (The kernel wakes us earlier only when a quarter of the
+/// ring fills first.)
 const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+/// Drains that found nothing before the reader sleeps until the kernel
+/// wakes it (on the first record of the empty ring): one second of quiet.
+const IDLE_DRAINS: u32 = 20;
+/// While asleep, the ring is still looked at this often (a record submitted
+/// while the reader was falling asleep does not wake it).
+const ASLEEP_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Reads the ring buffer as it fills.
+/// Reads the ring buffer as it fills. While events come it drains the
+/// ring every [`DRAIN_INTERVAL`] (one wake-up per batch, not per event);
+/// after [`IDLE_DRAINS`] empty drains it asks the program to wake it on the
+/// next event instead and sleeps (an idle exporter wakes once a second,
+/// not twenty times).
 pub(crate) struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
-    drain: tokio::time::Interval,
+    control: Array<MapData, u32>,
     positions: Positions,
+    /// Empty drains in a row.
+    idle: u32,
+    /// Whether the program wakes us on the next event.
+    asleep: bool,
 }
 
 impl EventReader {
     /// Read `ring` from this runtime (call inside it).
-    pub(crate) fn new(ring: RingBuf<MapData>) -> Result<Self, ProbeError> {
+    pub(crate) fn new(
+        ring: RingBuf<MapData>,
+        control: Array<MapData, u32>,
+    ) -> Result<Self, ProbeError> {
         let positions = Positions::map(&ring).map_err(ProbeError::Poll)?;
         // SAFETY: the ring buffer owns its descriptor and neither replaces
         // nor closes it while the AsyncFd holds it.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| ProbeError::Poll(e.into_parts().1))?;
-        let mut drain = tokio::time::interval(DRAIN_INTERVAL);
-        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Self {
             ring,
-            drain,
+            control,
             positions,
+            idle: 0,
+            asleep: false,
         })
+    }
+
+    /// Ask the program to wake us on the next event (`asleep`), or not.
+    fn set_asleep(&mut self, asleep: bool) {
+        let mode = if asleep { WAKE_ON_FIRST } else { 0 };
+        match self.control.set(0, mode, 0) {
+            Ok(()) => self.asleep = asleep,
+            // Then the timer goes on draining: slower to idle, never late.
+            Err(err) => tracing::debug!(error = %err, "cannot set the wake-up mode"),
+        }
     }
 
     /// Where the kernel will put the next record: every record reserved
@@ -299,11 +332,28 @@ impl EventReader {
                 }
             }
             if out.len() > start {
+                self.idle = 0;
+                if self.asleep {
+                    self.set_asleep(false);
+                }
                 return Ok(());
             }
+            if !self.asleep && self.idle >= IDLE_DRAINS {
+                // Look at the ring once more after the program knows: a
+                // record submitted meanwhile would not wake us.
+                self.set_asleep(true);
+                if self.asleep {
+                    continue;
+                }
+            }
+            let period = if self.asleep {
+                ASLEEP_CHECK
+            } else {
+                DRAIN_INTERVAL
+            };
             tokio::select! {
                 guard = self.ring.readable_mut() => guard?.clear_ready(),
-                _ = self.drain.tick() => {}
+                () = tokio::time::sleep(period) => self.idle = self.idle.saturating_add(1),
             }
         }
     }
