@@ -3,9 +3,12 @@
 //! `/api/v1/countries` (JSON: connections and opened/closed totals by
 //! country and direction).
 
-use std::sync::{
-    Arc, PoisonError, RwLock,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -35,6 +38,8 @@ const CONNECTIONS_DEFAULT: usize = 1_000;
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) metrics: Metrics,
+    /// Scrapes that arrive together share one rendering.
+    scrapes: Arc<SharedRender>,
     /// False once the kernel event reader stopped: the numbers are stale.
     pub(crate) healthy: Arc<AtomicBool>,
     telemetry_path: Arc<str>,
@@ -45,6 +50,34 @@ pub(crate) struct AppState {
     /// default) leaves the endpoint out: remote addresses are personal
     /// data.
     connections: Option<mpsc::Sender<ConnQuery>>,
+}
+
+/// How long a rendering of `/metrics` is served again. Scrapes that come
+/// together (several Prometheus servers, a dashboard's burst) then cost one
+/// rendering; the counts themselves are up to 50 ms old anyway (the ring
+/// buffer is drained on that period).
+const RENDER_REUSE: Duration = Duration::from_millis(20);
+
+/// The last rendering of `/metrics`; made by one request at a time, the
+/// others waiting for it and reusing it while it is fresh.
+#[derive(Default)]
+pub(crate) struct SharedRender {
+    last: Mutex<Option<(Instant, axum::body::Bytes)>>,
+}
+
+impl SharedRender {
+    fn render(&self, metrics: &Metrics) -> Result<axum::body::Bytes, prometheus::Error> {
+        // A poisoned lock only means a rendering panicked: render anew.
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, body)) = last.as_ref()
+            && at.elapsed() < RENDER_REUSE
+        {
+            return Ok(body.clone());
+        }
+        let body = axum::body::Bytes::from(metrics.render()?);
+        *last = Some((Instant::now(), body.clone()));
+        Ok(body)
+    }
 }
 
 /// The rendered map page (cheap to clone per request) and the database it
@@ -58,6 +91,7 @@ impl AppState {
     pub(crate) fn new(metrics: Metrics, telemetry_path: &str, database: &DatabaseInfo) -> Self {
         Self {
             metrics,
+            scrapes: Arc::default(),
             healthy: Arc::new(AtomicBool::new(true)),
             telemetry_path: telemetry_path.into(),
             page: Arc::new(RwLock::new(Arc::new(Page::new(telemetry_path, database)))),
@@ -176,7 +210,7 @@ async fn connections(State(state): State<AppState>, RawQuery(query): RawQuery) -
     let (reply, answer) = oneshot::channel();
     let asked = queries.send(ConnQuery { limit, reply }).await.is_ok();
     let list: Option<ConnList> = if asked {
-        tokio::time::timeout(std::time::Duration::from_secs(2), answer)
+        tokio::time::timeout(Duration::from_secs(2), answer)
             .await
             .ok()
             .and_then(Result::ok)
@@ -194,7 +228,7 @@ async fn connections(State(state): State<AppState>, RawQuery(query): RawQuery) -
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    match state.metrics.render() {
+    match state.scrapes.render(&state.metrics) {
         Ok(body) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
         Err(err) => {
             tracing::error!(error = %err, "rendering metrics failed");
