@@ -39,6 +39,7 @@ use geoip_tests::{
     mmdb::{Value, Writer},
     netns::TestNet,
 };
+use geoip_user as _;
 use maxminddb as _;
 use serde as _;
 use serde_json as _;

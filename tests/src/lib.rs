@@ -18,6 +18,8 @@
 
 #[cfg(test)]
 use bcrypt as _;
+#[cfg(test)]
+use geoip_user as _;
 
 pub mod exporter;
 pub mod fixtures;

@@ -15,6 +15,7 @@ use geoip_tests::{
     },
     fixtures::{write_asn_database, write_database},
 };
+use geoip_user as _;
 use libc as _;
 use maxminddb as _;
 use serde as _;

@@ -15,6 +15,7 @@ use geoip_tests::{
     netns::{HOST_V4, HOST_V6, TestNet, host_listener, sock},
     webdriver::Browser,
 };
+use geoip_user as _;
 use maxminddb as _;
 use serde as _;
 use serde_json::{Value as Json, json};

@@ -29,6 +29,7 @@ use geoip_tests::{
         variable_queries,
     },
 };
+use geoip_user as _;
 use libc as _;
 use maxminddb as _;
 use serde as _;

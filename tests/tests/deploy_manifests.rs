@@ -21,6 +21,7 @@ use bcrypt as _;
 use geoip_tests::exporter::{
     bin, free_port, run_command_to_exit, setpriv, temp_dir, world_readable,
 };
+use geoip_user as _;
 use libc as _;
 use maxminddb as _;
 use serde as _;

@@ -17,6 +17,7 @@ use geoip_tests::{
     fixtures::*,
     netns::{HOST_V4, HOST_V6, PEER_V4, PEER_V6, TestNet, host_listener, sock},
 };
+use geoip_user as _;
 use maxminddb as _;
 use serde as _;
 

@@ -26,6 +26,7 @@ use geoip_tests::{
     mmdb::{Value, Writer},
     netns::{Container, TestNet, sock},
 };
+use geoip_user as _;
 use maxminddb as _;
 use serde as _;
 use serde_json as _;

@@ -19,6 +19,7 @@ use geoip_tests::{
     fixtures::{write_asn_database, write_database},
     netns::{TestNet, sock},
 };
+use geoip_user as _;
 use maxminddb as _;
 use serde as _;
 use serde_json as _;

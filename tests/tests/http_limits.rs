@@ -13,6 +13,7 @@ use geoip_tests::{
     exporter::{Exporter, temp_dir},
     fixtures::write_database,
 };
+use geoip_user as _;
 use maxminddb as _;
 use serde as _;
 use serde_json as _;

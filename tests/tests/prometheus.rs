@@ -31,6 +31,7 @@ use geoip_tests::{
         grafana_regex_escape, interpolate, load_json, metric_names, url_encode, variable_queries,
     },
 };
+use geoip_user as _;
 use libc as _;
 use maxminddb as _;
 use serde as _;
