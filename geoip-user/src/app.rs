@@ -29,7 +29,7 @@ use crate::{
     cli::Args,
     events::{DecodeError, Event},
     filter::Exclusions,
-    geo::{Geo, OpenError},
+    geo::{DatabaseInfo, Geo, OpenError},
     http::{AppState, router, with_basic_auth},
     metrics::Metrics,
     probe::{self, EventReader, Probe, ProbeError},
@@ -68,6 +68,8 @@ pub(crate) enum AppError {
     Metrics(#[from] prometheus::Error),
     #[error("serving HTTP failed")]
     Serve(#[source] io::Error),
+    #[error("starting the event thread failed")]
+    EventThread(#[source] io::Error),
 }
 
 impl AppError {
@@ -149,7 +151,7 @@ pub(crate) fn start(args: &Args) -> Result<Started, AppError> {
         ring_buffer_bytes = args.ring_buffer_bytes,
         "kernel program attached to sock/inet_sock_set_state"
     );
-    let snapshotter = Snapshotter::start()?;
+    let snapshotter = Snapshotter::start(Exclusions::new(&args.exclude).ranges())?;
     // Reading the kernel's BTF (several MB) and the eBPF object left freed
     // heap behind; give it back to the system before serving.
     // SAFETY: malloc_trim has no preconditions.
@@ -220,34 +222,44 @@ pub(crate) async fn run(
     // are applied while sock_diag enumerates what exists, and the merge
     // leaves every connection an event touched meanwhile as the events
     // say, so each one counts once.
+    //
+    // The table lives on a thread of its own, with its own (single-thread)
+    // runtime: applying a burst of events or merging a reconcile of
+    // 100,000 connections never delays a scrape, and a burst of scrapes
+    // never delays the ring buffer.
     let (geo_tx, geo_rx) = mpsc::channel(1);
-    let mut events = EventLoop {
-        reader: EventReader::new(probe.ring, probe.control)?,
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let parts = EventParts {
+        ring: probe.ring,
+        control: probe.control,
         tracker,
         metrics: metrics.clone(),
         snapshotter,
         scope,
-        batch: Vec::new(),
         geo_updates: geo_rx,
         queries: query_rx,
+        reconcile,
+        state: state.clone(),
     };
-    let startup = events.sync(SyncKind::Startup).await?;
+    let thread = std::thread::Builder::new()
+        .name("geoip-events".into())
+        .spawn(move || parts.run(ready_tx, stop_rx))
+        .map_err(AppError::EventThread)?;
+    let (startup, tracked_at_start) = ready_rx.await.map_err(|_| {
+        AppError::EventThread(io::Error::other("the event thread ended before it started"))
+    })??;
     tracing::info!(
         established = startup.seen,
         namespaces = startup.namespaces,
-        tracked = events.tracker.len(),
+        tracked = tracked_at_start,
         "existing connections merged"
     );
 
     if args.check {
-        print!("{}", metrics.render()?);
-        println!(
-            "# check passed: database {} ({}), kernel program attached, {} connections tracked, network namespaces read: {}",
-            db.path.display(),
-            db.database_type,
-            events.tracker.len(),
-            startup.namespaces,
-        );
+        print_check(&metrics, &db, tracked_at_start, startup.namespaces)?;
+        drop(stop_tx);
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         return Ok(());
     }
 
@@ -260,7 +272,6 @@ pub(crate) async fn run(
         }
         .run(),
     );
-    let events = tokio::spawn(events.run(reconcile, state.clone()));
     let local = listener.local_addr().map_err(AppError::Serve)?;
     tracing::info!(address = %local, path = %args.telemetry_path, "serving metrics");
     let mut app = router(state, &args.telemetry_path);
@@ -270,9 +281,25 @@ pub(crate) async fn run(
     let served = server::serve(listener, app, limits(&args), transport, metrics, shutdown).await;
     tracing::info!("shutting down: detaching the kernel program");
     reloader.abort();
-    events.abort();
-    let _ = events.await;
+    drop(stop_tx);
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     served.map_err(AppError::Serve)
+}
+
+/// `--check`: the metrics once, and a line saying what was checked.
+fn print_check(
+    metrics: &Metrics,
+    db: &DatabaseInfo,
+    tracked: usize,
+    namespaces: usize,
+) -> Result<(), AppError> {
+    print!("{}", metrics.render()?);
+    println!(
+        "# check passed: database {} ({}), kernel program attached, {tracked} connections tracked, network namespaces read: {namespaces}",
+        db.path.display(),
+        db.database_type,
+    );
+    Ok(())
 }
 
 fn limits(args: &Args) -> Limits {
@@ -304,6 +331,76 @@ fn reconcile_interval(scope: Scope, every: Duration) -> Option<Duration> {
 struct Synced {
     seen: usize,
     namespaces: usize,
+}
+
+/// What the event thread is started with.
+struct EventParts {
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    control: aya::maps::Array<aya::maps::MapData, u32>,
+    tracker: Tracker,
+    metrics: Metrics,
+    snapshotter: Snapshotter,
+    scope: Scope,
+    geo_updates: mpsc::Receiver<Geo>,
+    queries: mpsc::Receiver<ConnQuery>,
+    reconcile: Option<Duration>,
+    state: AppState,
+}
+
+/// The event thread's start-up result: the merge of what existed, and
+/// how many connections are tracked after it.
+type Ready = Result<(Synced, usize), AppError>;
+
+impl EventParts {
+    /// The event thread: its runtime, the start-up snapshot (reported on
+    /// `ready`), then the event loop until `stop` is sent or dropped.
+    fn run(self, ready: oneshot::Sender<Ready>, stop: oneshot::Receiver<()>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                let _ = ready.send(Err(AppError::EventThread(err)));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let reader = match EventReader::new(self.ring, self.control) {
+                Ok(reader) => reader,
+                Err(err) => {
+                    let _ = ready.send(Err(err.into()));
+                    return;
+                }
+            };
+            let mut events = EventLoop {
+                reader,
+                tracker: self.tracker,
+                metrics: self.metrics,
+                snapshotter: self.snapshotter,
+                scope: self.scope,
+                batch: Vec::new(),
+                geo_updates: self.geo_updates,
+                queries: self.queries,
+            };
+            match events.sync(SyncKind::Startup).await {
+                Ok(synced) => {
+                    let tracked = events.tracker.len();
+                    if ready.send(Ok((synced, tracked))).is_err() {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    let _ = ready.send(Err(err));
+                    return;
+                }
+            }
+            tokio::select! {
+                () = events.run(self.reconcile, self.state) => {}
+                _ = stop => {}
+            }
+        });
+    }
 }
 
 /// The one task that owns the connection table: reads the ring buffer,

@@ -113,6 +113,17 @@ impl Cidr {
         }
     }
 
+    /// `(address family, prefix length, address bytes)` as the kernel's
+    /// interfaces take a network: IPv4 as 4 bytes.
+    pub(crate) fn parts(&self) -> (i32, u8, Vec<u8>) {
+        let bytes = self.network.to_be_bytes();
+        if self.v4 {
+            (libc::AF_INET, self.prefix - 96, bytes[12..].to_vec())
+        } else {
+            (libc::AF_INET6, self.prefix, bytes.to_vec())
+        }
+    }
+
     /// Whether `addr` (in the canonical form of [`canonical`]) is inside.
     pub(crate) const fn contains(&self, addr: u128) -> bool {
         addr & self.mask() == self.network
@@ -157,6 +168,11 @@ impl Exclusions {
         ranges.sort_by_key(|c| c.prefix);
         ranges.dedup();
         Self { ranges }
+    }
+
+    /// Every excluded range.
+    pub(crate) fn ranges(&self) -> &[Cidr] {
+        &self.ranges
     }
 
     /// Whether connections with this remote address (canonical form) are

@@ -23,11 +23,14 @@ use geoip_common::{AF_INET, AF_INET6, IPPROTO_TCP, tcp_state};
 use crate::{
     caps::{self, CAP_SYS_ADMIN, CAP_SYS_PTRACE},
     events::{ConnKey, Direction},
-    filter::canonical,
+    filter::{Cidr, canonical},
     namespaces::{self, NetNs},
 };
 
 const NETLINK_SOCK_DIAG: i32 = 4;
+/// The snapshot thread's nice value: a reconcile of 100,000 connections
+/// takes a few hundred milliseconds of CPU, which must not delay scrapes.
+const SNAPSHOT_NICE: i32 = 10;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -148,12 +151,19 @@ pub(crate) struct Snapshotter {
 impl Snapshotter {
     /// Start the thread (call it while the process still has its
     /// capabilities).
-    pub(crate) fn start() -> Result<Self, SnapshotError> {
+    pub(crate) fn start(exclude: &[Cidr]) -> Result<Self, SnapshotError> {
+        let filter = Filter::excluding(exclude);
         let (requests, incoming) = std::sync::mpsc::channel::<(Scope, Reply)>();
         let home = File::open("/proc/thread-self/ns/net").map_err(SnapshotError::OwnNamespace)?;
         std::thread::Builder::new()
             .name("geoip-snapshot".into())
             .spawn(move || {
+                // Background work: under load, scrapes and events go first.
+                // SAFETY: setpriority on this thread (Linux: a thread id
+                // with PRIO_PROCESS); lowering priority needs no privilege.
+                unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid().cast_unsigned(), SNAPSHOT_NICE);
+                }
                 let keep = caps::bit(CAP_SYS_ADMIN) | caps::bit(CAP_SYS_PTRACE);
                 match caps::restrict_thread(keep) {
                     Ok(sets) if sets.permitted & keep != keep => {
@@ -170,7 +180,7 @@ impl Snapshotter {
                     let answer = if broken {
                         Err(SnapshotError::Stranded)
                     } else {
-                        let answer = take(scope);
+                        let answer = take(scope, &filter);
                         // Back home for the next one, whatever happened.
                         if let Err(err) = namespaces::enter_file(&home) {
                             tracing::error!(error = %err, "the snapshot thread cannot return to the exporter's network namespace; no more snapshots");
@@ -202,7 +212,7 @@ impl Snapshotter {
 /// Dump the exporter's own namespace, then (for [`Scope::All`]) enter
 /// each other one in turn. Runs on the snapshot thread, which starts in
 /// the exporter's namespace.
-fn take(scope: Scope) -> Result<Snapshot, SnapshotError> {
+fn take(scope: Scope, filter: &Filter) -> Result<Snapshot, SnapshotError> {
     let start = Instant::now();
     let own = namespaces::own().map_err(SnapshotError::OwnNamespace)?;
     let mut snap = Snapshot::default();
@@ -210,11 +220,11 @@ fn take(scope: Scope) -> Result<Snapshot, SnapshotError> {
         Scope::All => own.id,
         Scope::OwnUntagged => 0,
     };
-    snap.conns = established(own_tag)?;
+    snap.conns = established(own_tag, filter)?;
     snap.scanned.insert(own_tag);
     if scope == Scope::All {
         for ns in namespaces::all().into_iter().filter(|ns| ns.id != own.id) {
-            match enter_and_dump(&ns) {
+            match enter_and_dump(&ns, filter) {
                 Ok(conns) => {
                     snap.conns.extend(conns);
                     snap.scanned.insert(ns.id);
@@ -238,9 +248,9 @@ enum EnterError {
     Dump(#[from] SnapshotError),
 }
 
-fn enter_and_dump(ns: &NetNs) -> Result<Vec<(ConnKey, Direction)>, EnterError> {
+fn enter_and_dump(ns: &NetNs, filter: &Filter) -> Result<Vec<(ConnKey, Direction)>, EnterError> {
     namespaces::enter(ns).map_err(EnterError::Enter)?;
-    Ok(established(ns.id)?)
+    Ok(established(ns.id, filter)?)
 }
 
 /// One socket of the dump.
@@ -252,10 +262,73 @@ pub(crate) struct DiagSocket {
 
 /// ESTABLISHED TCP connections of the calling thread's network namespace
 /// (IPv4 and IPv6) with their derived direction, tagged `netns`.
-fn established(netns: u32) -> Result<Vec<(ConnKey, Direction)>, SnapshotError> {
-    let mut sockets = dump(AF_INET, "IPv4", netns)?;
-    sockets.extend(dump(AF_INET6, "IPv6", netns)?);
+fn established(netns: u32, filter: &Filter) -> Result<Vec<(ConnKey, Direction)>, SnapshotError> {
+    let mut sockets = dump(AF_INET, "IPv4", netns, filter)?;
+    sockets.extend(dump(AF_INET6, "IPv6", netns, filter)?);
     Ok(classify(&sockets))
+}
+
+/// `INET_DIAG_REQ_BYTECODE`: the request attribute holding a filter.
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+/// Filter operations (`linux/inet_diag.h`).
+const INET_DIAG_BC_JMP: u8 = 1;
+const INET_DIAG_BC_D_COND: u8 = 8;
+const INET_DIAG_BC_D_EQ: u8 = 12;
+/// The largest filter sent (the attribute's length is 16 bits); beyond it
+/// the dump is not filtered (the exclusions still apply when merging).
+const FILTER_MAX_BYTES: usize = 32 * 1024;
+
+/// A `sock_diag` filter run by the kernel on each socket of the dump: a
+/// listening socket (remote port 0) passes; an established one passes
+/// unless its remote address is in one of the excluded ranges. The dump
+/// then leaves out what the exporter drops anyway (a load balancer's
+/// connections to private back ends are half its sockets).
+///
+/// The kernel checks a filter by following each operation's "yes" jump
+/// from the first to the end, so every "yes" goes to the next operation
+/// and the decisions are "no" jumps: to the end (accept) or past it
+/// (reject), through `JMP` operations (always "no").
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Filter(Vec<u8>);
+
+impl Filter {
+    pub(crate) fn excluding(ranges: &[Cidr]) -> Self {
+        let conds: Vec<Vec<u8>> = ranges.iter().map(hostcond).collect();
+        let total = 8 + 4 + conds.iter().map(|c| 4 + c.len() + 4).sum::<usize>();
+        if total > FILTER_MAX_BYTES {
+            return Self::default();
+        }
+        let mut bc = Vec::with_capacity(total);
+        let op = |bc: &mut Vec<u8>, code: u8, yes: usize, no: usize| {
+            bc.push(code);
+            bc.push(u8::try_from(yes).unwrap_or(u8::MAX));
+            bc.extend_from_slice(&u16::try_from(no).unwrap_or(u16::MAX).to_ne_bytes());
+        };
+        // Remote port 0 (a listener): on to the accepting JMP; otherwise
+        // over it to the first range. The port sits in a second operation.
+        op(&mut bc, INET_DIAG_BC_D_EQ, 8, 12);
+        op(&mut bc, 0, 0, 0);
+        let left = total - bc.len();
+        op(&mut bc, INET_DIAG_BC_JMP, 4, left);
+        for cond in &conds {
+            let size = 4 + cond.len();
+            // In the range: on to the rejecting JMP; otherwise over it.
+            op(&mut bc, INET_DIAG_BC_D_COND, size, size + 4);
+            bc.extend_from_slice(cond);
+            let left = total - bc.len();
+            op(&mut bc, INET_DIAG_BC_JMP, 4, left + 4);
+        }
+        Self(bc)
+    }
+}
+
+/// `struct inet_diag_hostcond` for `cidr`, any port.
+fn hostcond(cidr: &Cidr) -> Vec<u8> {
+    let (family, prefix, addr) = cidr.parts();
+    let mut out = vec![u8::try_from(family).unwrap_or(0), prefix, 0, 0];
+    out.extend_from_slice(&(-1i32).to_ne_bytes());
+    out.extend_from_slice(&addr);
+    out
 }
 
 fn classify(sockets: &[DiagSocket]) -> Vec<(ConnKey, Direction)> {
@@ -286,8 +359,13 @@ struct Request {
     req: InetDiagReqV2,
 }
 
-fn dump(family: u16, name: &'static str, netns: u32) -> Result<Vec<DiagSocket>, SnapshotError> {
-    let fd = request(family).map_err(|source| SnapshotError::Io {
+fn dump(
+    family: u16,
+    name: &'static str,
+    netns: u32,
+    filter: &Filter,
+) -> Result<Vec<DiagSocket>, SnapshotError> {
+    let fd = request(family, filter).map_err(|source| SnapshotError::Io {
         family: name,
         source,
     })?;
@@ -295,8 +373,8 @@ fn dump(family: u16, name: &'static str, netns: u32) -> Result<Vec<DiagSocket>, 
 }
 
 /// Open a `sock_diag` socket and ask for the family's TCP sockets that are
-/// ESTABLISHED or listening.
-fn request(family: u16) -> io::Result<OwnedFd> {
+/// ESTABLISHED or listening and pass `filter`.
+fn request(family: u16, filter: &Filter) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the result is checked before use.
     let fd = unsafe {
         libc::socket(
@@ -310,9 +388,14 @@ fn request(family: u16) -> io::Result<OwnedFd> {
     }
     // SAFETY: `fd` is a fresh descriptor we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let attr_len = if filter.0.is_empty() {
+        0
+    } else {
+        4 + filter.0.len()
+    };
     let request = Request {
         hdr: NlMsgHdr {
-            len: u32::try_from(size_of::<Request>()).unwrap_or(u32::MAX),
+            len: u32::try_from(size_of::<Request>() + attr_len).unwrap_or(u32::MAX),
             kind: SOCK_DIAG_BY_FAMILY,
             flags: NLM_F_REQUEST | NLM_F_DUMP,
             seq: 1,
@@ -327,7 +410,12 @@ fn request(family: u16) -> io::Result<OwnedFd> {
             id: InetDiagSockId::zeroed(),
         },
     };
-    let bytes = bytemuck::bytes_of(&request);
+    let mut bytes = bytemuck::bytes_of(&request).to_vec();
+    if attr_len > 0 {
+        bytes.extend_from_slice(&u16::try_from(attr_len).unwrap_or(u16::MAX).to_ne_bytes());
+        bytes.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        bytes.extend_from_slice(&filter.0);
+    }
     // SAFETY: `sockaddr_nl` is plain data; all-zero is the kernel's address.
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = u16::try_from(libc::AF_NETLINK).unwrap_or(0);
@@ -467,7 +555,7 @@ mod tests {
         let mut b = [0; 1];
         s4.read_exact(&mut b).unwrap();
 
-        let conns = established(7).unwrap();
+        let conns = established(7, &Filter::default()).unwrap();
         let find = |local: std::net::SocketAddr, remote: std::net::SocketAddr| {
             conns.iter().find(|(k, _)| {
                 k.local == canonical(local.ip())
@@ -484,6 +572,58 @@ mod tests {
         assert_eq!(out6.1, Direction::Outbound);
         assert_eq!(out6.0.remote, ip("::1"));
         assert_eq!(out6.0.netns, 7, "tagged with the namespace asked for");
+    }
+
+    /// The kernel runs the filter: a connection to an excluded range is
+    /// left out of the dump, one to another range is in it, and listening
+    /// sockets still come (the direction of the rest depends on them).
+    #[test]
+    fn the_kernel_leaves_excluded_ranges_out_of_the_dump() {
+        let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let v6 = TcpListener::bind("[::1]:0").unwrap();
+        let c4 = TcpStream::connect(v4.local_addr().unwrap()).unwrap();
+        let c6 = TcpStream::connect(v6.local_addr().unwrap()).unwrap();
+        let (s4, _) = v4.accept().unwrap();
+        let (s6, _) = v6.accept().unwrap();
+        let ranges: Vec<Cidr> = ["127.0.0.0/8", "fe80::/10", "10.0.0.0/8"]
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        let filter = Filter::excluding(&ranges);
+        let conns = established(7, &filter).unwrap();
+        let has = |s: &TcpStream| {
+            let (local, remote) = (s.local_addr().unwrap(), s.peer_addr().unwrap());
+            conns.iter().find(|(k, _)| {
+                k.local_port == local.port()
+                    && k.remote_port == remote.port()
+                    && k.remote == canonical(remote.ip())
+            })
+        };
+        assert!(
+            has(&c4).is_none() && has(&s4).is_none(),
+            "127/8 is excluded"
+        );
+        assert_eq!(has(&c6).map(|c| c.1), Some(Direction::Outbound));
+        assert_eq!(
+            has(&s6).map(|c| c.1),
+            Some(Direction::Inbound),
+            "the listener came through the filter"
+        );
+        // Nothing else of 127/8 either, whoever else runs here.
+        assert!(
+            conns.iter().all(|(k, _)| !ranges[0].contains(k.remote)),
+            "{conns:?}"
+        );
+        // Too many ranges for one filter: no filter, nothing refused.
+        let many: Vec<Cidr> = (0..3000)
+            .map(|i| format!("2001:db8:{i:x}::/48").parse().unwrap())
+            .collect();
+        assert!(Filter::excluding(&many).0.is_empty());
+        assert!(
+            !established(7, &Filter::excluding(&many))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
