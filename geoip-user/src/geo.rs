@@ -30,6 +30,14 @@ pub(crate) struct Country([u8; 2]);
 impl Country {
     pub(crate) const UNKNOWN: Self = Self([0, 0]);
 
+    const fn to_u16(self) -> u16 {
+        u16::from_be_bytes(self.0)
+    }
+
+    const fn from_u16(v: u16) -> Self {
+        Self(v.to_be_bytes())
+    }
+
     /// A code as databases spell it; anything but two ASCII letters is
     /// unknown (this bounds the label to 26 x 26 values).
     pub(crate) fn from_code(code: &str) -> Self {
@@ -176,7 +184,7 @@ const DAMAGED: Country = Country([b'!', b'!']);
 /// ranges. The file itself is not kept.
 pub(crate) struct Geo {
     info: DatabaseInfo,
-    v4: Ranges<u32>,
+    v4: V4Ranges,
     /// `None` for an IPv4-only database.
     v6: Option<Ranges<V6>>,
 }
@@ -231,7 +239,7 @@ impl Geo {
         }
         let v6 = (info.ip_version == 6).then(|| flat.v6.finish());
         Ok(Self {
-            v4: flat.v4.finish(),
+            v4: V4Ranges::new(&flat.v4.finish()),
             v6,
             info,
         })
@@ -451,6 +459,92 @@ impl<A: Address> Ranges<A> {
             .unwrap_or_default();
         let at = within.partition_point(|r| r.0 <= addr).saturating_sub(1);
         within.get(at).map_or(Country::UNKNOWN, |r| r.1)
+    }
+}
+
+/// The IPv4 table in 4-byte words, for a cache-friendlier lookup than the
+/// generic [`Ranges`] (IPv4 is where most lookups and most ranges are).
+/// `index[s]` for the /16 slice `s` is [`WHOLE`] with the country of the
+/// range covering the whole slice, or the position in `words` of the
+/// slice's block: a word with the count of ranges, then one word per
+/// range in the slice, `low 16 bits of its start << 16 | country`, the
+/// first at the slice's start (a range from an earlier slice is cut
+/// there). A lookup is one index read, or that and a binary search in a
+/// block that mostly fits one cache line.
+struct V4Ranges {
+    index: Vec<u32>,
+    words: Vec<u32>,
+    ranges: usize,
+}
+
+/// [`V4Ranges::index`]: the slice lies in one range.
+const WHOLE: u32 = 1 << 31;
+
+impl V4Ranges {
+    fn new(ranges: &Ranges<u32>) -> Self {
+        let r = &ranges.ranges;
+        let mut index = Vec::with_capacity(SLICES);
+        let mut words = Vec::new();
+        let mut at = 0usize;
+        for slice in 0..SLICES {
+            let first = u32::slice_start(slice);
+            while at + 1 < r.len() && r[at + 1].0 <= first {
+                at += 1;
+            }
+            let inside = r[at + 1..]
+                .iter()
+                .take_while(|next| next.0.slice() == slice)
+                .count();
+            if inside == 0 {
+                index.push(WHOLE | u32::from(r[at].1.to_u16()));
+                continue;
+            }
+            index.push(
+                u32::try_from(words.len())
+                    .unwrap_or(WHOLE - 1)
+                    .min(WHOLE - 1),
+            );
+            words.push(u32::try_from(inside + 1).unwrap_or(u32::MAX));
+            words.push(u32::from(r[at].1.to_u16()));
+            for next in &r[at + 1..=at + inside] {
+                words.push((next.0 & 0xffff) << 16 | u32::from(next.1.to_u16()));
+            }
+        }
+        words.shrink_to_fit();
+        Self {
+            index,
+            words,
+            ranges: r.len(),
+        }
+    }
+
+    const fn len(&self) -> usize {
+        self.ranges
+    }
+
+    fn bytes(&self) -> usize {
+        (self.index.capacity() + self.words.capacity()) * size_of::<u32>()
+    }
+
+    #[inline]
+    fn find(&self, addr: u32) -> Country {
+        let Some(&entry) = self.index.get(addr.slice()) else {
+            return Country::UNKNOWN;
+        };
+        #[expect(clippy::cast_possible_truncation, reason = "the low 16 bits")]
+        if entry & WHOLE != 0 {
+            return Country::from_u16(entry as u16);
+        }
+        let at = entry as usize;
+        let count = self.words.get(at).map_or(0, |&c| c as usize);
+        let block = self.words.get(at + 1..at + 1 + count).unwrap_or_default();
+        // The first word's start is the slice's, never above `addr`.
+        let key = (addr & 0xffff) << 16 | 0xffff;
+        let i = block.partition_point(|w| *w <= key).saturating_sub(1);
+        #[expect(clippy::cast_possible_truncation, reason = "the low 16 bits")]
+        block
+            .get(i)
+            .map_or(Country::UNKNOWN, |w| Country::from_u16(*w as u16))
     }
 }
 
