@@ -2,7 +2,8 @@
 //! exporter.
 
 use aya::{Ebpf, EbpfLoader, programs::TracePoint};
-use geoip_common::{PROGRAM_EMPTY, TRACEPOINT_CATEGORY, TRACEPOINT_NAME};
+pub use geoip_common::{PROGRAM, PROGRAM_ANY_LAYOUT, PROGRAM_EMPTY};
+use geoip_common::{TRACEPOINT_CATEGORY, TRACEPOINT_NAME};
 
 use crate::probe::PROGRAM_OBJECT;
 
@@ -20,22 +21,31 @@ impl EmptyProgram {
     /// # Errors
     /// Loading or attaching failed (not root, no tracefs).
     pub fn attach() -> Result<Self, String> {
-        let mut ebpf = EbpfLoader::new()
-            .load(PROGRAM_OBJECT)
-            .map_err(|e| format!("loading the kernel object: {e}"))?;
-        let program: &mut TracePoint = ebpf
-            .program_mut(PROGRAM_EMPTY)
-            .ok_or_else(|| format!("no program {PROGRAM_EMPTY} in the kernel object"))?
-            .try_into()
-            .map_err(|e| format!("{PROGRAM_EMPTY}: {e}"))?;
-        program
-            .load()
-            .map_err(|e| format!("loading {PROGRAM_EMPTY}: {e}"))?;
-        program
-            .attach(TRACEPOINT_CATEGORY, TRACEPOINT_NAME)
-            .map_err(|e| format!("attaching {PROGRAM_EMPTY}: {e}"))?;
-        Ok(Self { _ebpf: ebpf })
+        attach_program(PROGRAM_EMPTY).map(|ebpf| Self { _ebpf: ebpf })
     }
+}
+
+/// Load the exporter's kernel object with its default globals and attach
+/// the program `name` of it (the kernel's verifier checks it); dropping
+/// the result detaches it. For tests of the builds the exporter attaches
+/// only on other kernels (`geoip_common::PROGRAM_ANY_LAYOUT`).
+///
+/// # Errors
+/// Loading, verifying or attaching failed.
+pub fn attach_program(name: &str) -> Result<Ebpf, String> {
+    let mut ebpf = EbpfLoader::new()
+        .load(PROGRAM_OBJECT)
+        .map_err(|e| format!("loading the kernel object: {e}"))?;
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("no program {name} in the kernel object"))?
+        .try_into()
+        .map_err(|e| format!("{name}: {e}"))?;
+    program.load().map_err(|e| format!("loading {name}: {e}"))?;
+    program
+        .attach(TRACEPOINT_CATEGORY, TRACEPOINT_NAME)
+        .map_err(|e| format!("attaching {name}: {e}"))?;
+    Ok(ebpf)
 }
 
 /// A small deterministic generator (xorshift64): the same synthetic

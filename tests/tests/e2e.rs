@@ -17,7 +17,6 @@ use geoip_tests::{
     fixtures::*,
     netns::{HOST_V4, HOST_V6, PEER_V4, PEER_V6, TestNet, host_listener, sock},
 };
-use geoip_user as _;
 use maxminddb as _;
 use serde as _;
 
@@ -219,6 +218,19 @@ fn counts_live_connections_by_country_and_direction() {
 }
 
 /// The families of `/metrics` and their types: the metric contract.
+/// The program builds the exporter attaches on other kernels pass this
+/// kernel's verifier and attach: the one reading the tracepoint record
+/// through a helper (a record layout other than the usual one) and the
+/// empty one the benchmark uses.
+#[test]
+fn every_build_of_the_kernel_program_loads() {
+    use geoip_user::bench::{PROGRAM, PROGRAM_ANY_LAYOUT, PROGRAM_EMPTY, attach_program};
+    for name in [PROGRAM, PROGRAM_ANY_LAYOUT, PROGRAM_EMPTY] {
+        let attached = attach_program(name);
+        assert!(attached.is_ok(), "{name}: {:?}", attached.err());
+    }
+}
+
 #[test]
 fn exposes_the_metric_contract() {
     let dir = temp_dir("contract");
