@@ -12,6 +12,7 @@
 
 use std::path::PathBuf;
 
+use geoip_tests::load::report_target;
 use geoip_user::bench::{
     LookupReport, PipelineReport, Remotes, lookups, pipeline, synthetic_records,
 };
@@ -51,13 +52,6 @@ fn best(remotes: Remotes, db: &std::path::Path) -> PipelineReport {
         .map(|_| pipeline(db, &records).expect("database opens"))
         .min_by(|a, b| a.seconds.total_cmp(&b.seconds))
         .expect("at least one run")
-}
-
-fn target(what: &str, goal: &str, measured: &str, met: bool) {
-    println!(
-        "TARGET\t{what}\t{goal}\t{measured}\t{}",
-        if met { "met" } else { "missed" }
-    );
 }
 
 #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
@@ -115,13 +109,13 @@ fn main() {
             r.tracked
         );
     }
-    target(
+    report_target(
         "user space: events/s on one core, warm",
         ">= 5 M/s",
         &format!("{:.2} M/s", rate(&warm) / 1e6),
         rate(&warm) >= 5e6,
     );
-    target(
+    report_target(
         "user space: events/s on one core, cold",
         ">= 2 M/s",
         &format!("{:.2} M/s", rate(&cold) / 1e6),
@@ -129,7 +123,7 @@ fn main() {
     );
     for (name, c) in [("cold", &l.cold), ("warm", &l.warm)] {
         let speedup = c.maxminddb_ns / c.flattened_ns;
-        target(
+        report_target(
             &format!("lookups vs the maxminddb crate's own, {name}"),
             ">= 5x faster, same answers",
             &format!(

@@ -27,9 +27,12 @@ use bcrypt as _;
 use geoip_tests::{
     exporter::{Exporter, Samples, cd, temp_dir},
     fixtures::{BR_V6, DE_V4, JP_V4, write_database},
-    load::{HOSTS, cpu_seconds, events, server, settle, target, value},
+    load::{
+        HOSTS, cpu_seconds, events, report_target, require_root, server, settle, target, value,
+    },
     netns::TestNet,
 };
+use libc as _;
 use maxminddb as _;
 use serde as _;
 use serde_json as _;
@@ -231,22 +234,8 @@ fn churn_targets(per_run: f64, floor: f64, lost: f64, rate: f64, per_10k: f64) {
     );
 }
 
-/// One line of the target-vs-measured table `cargo xtask bench` gathers.
-fn report_target(what: &str, goal: &str, measured: &str, met: bool) {
-    println!(
-        "TARGET\t{what}\t{goal}\t{measured}\t{}",
-        if met { "met" } else { "missed" }
-    );
-}
-
 fn main() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "the benchmark needs root (eBPF, network namespaces): run `cargo xtask bench` as root"
-        );
-        std::process::exit(2);
-    }
+    require_root();
     let dir = temp_dir("bench");
     let db = dir.join("bench.mmdb");
     write_database(&db);

@@ -50,7 +50,7 @@ use geoip_tests::{
     exporter::{Exporter, Samples, cd, parse, temp_dir},
     fixtures::{BR_V4, BR_V6, DE_V4, JP_V4, JP_V6, write_database},
     hold::{Holders, run_if_holder},
-    load::{cpu_seconds, server, settle, target, value},
+    load::{cpu_seconds, report_target, require_root, server, settle, target, value},
     netns::TestNet,
     peer::{self, Poller},
 };
@@ -392,19 +392,9 @@ fn percent(part: f64, whole: f64) -> f64 {
     part / whole.max(1.0) * 100.0
 }
 
-fn met(ok: bool) -> &'static str {
-    if ok { "met" } else { "missed" }
-}
-
 fn main() {
     run_if_holder();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "the benchmark needs root (eBPF, network namespaces): run `cargo xtask bench` as root"
-        );
-        std::process::exit(2);
-    }
+    require_root();
     let python = peer::venv(&venv_dir()).expect("the poller's Python environment");
     let _stats = BpfStats::enable().expect("kernel BPF run-time statistics (BPF_ENABLE_STATS)");
     let dir = temp_dir("poller");
@@ -508,21 +498,31 @@ fn report(stages: &[Stage], idle: f64, still_open: f64) {
     let at_target = stages.iter().find(|s| s.held == TARGET_STAGE);
     let ratio = at_target.map_or(0.0, Stage::ratio);
     let one_reconcile = at_target.is_some_and(|s| s.reconciles >= 1.0);
-    println!(
-        "TARGET\tCPU, poller ÷ exporter, at {TARGET_STAGE} connections (60 s with one reconcile)\t≥ {CPU_RATIO_TARGET:.0}×\t{ratio:.0}×\t{}",
-        met(one_reconcile && ratio >= CPU_RATIO_TARGET)
+    report_target(
+        &format!("CPU, poller ÷ exporter, at {TARGET_STAGE} connections (60 s with one reconcile)"),
+        &format!("≥ {CPU_RATIO_TARGET:.0}×"),
+        &format!("{ratio:.0}×"),
+        one_reconcile && ratio >= CPU_RATIO_TARGET,
     );
     let made: f64 = stages.iter().map(|s| s.churned.made as f64).sum();
     let by_exporter: f64 = stages.iter().map(|s| s.exporter_counted).sum();
     let by_poller: f64 = stages.iter().map(|s| s.poller_counted).sum();
-    println!(
-        "TARGET\tshort-lived connections (0.1–5 s) counted by the exporter\t100 %\t{:.1} % ({by_exporter:.0} of {made:.0})\t{}",
-        percent(by_exporter, made),
-        met(made > 0.0 && (by_exporter - made).abs() < 0.5)
+    report_target(
+        "short-lived connections (0.1–5 s) counted by the exporter",
+        "100 %",
+        &format!(
+            "{:.1} % ({by_exporter:.0} of {made:.0})",
+            percent(by_exporter, made)
+        ),
+        made > 0.0 && (by_exporter - made).abs() < 0.5,
     );
-    println!(
-        "TARGET\tshort-lived connections (0.1–5 s) counted by the poller\tmisses most (< 50 %)\t{:.1} % ({by_poller:.0} of {made:.0})\t{}",
-        percent(by_poller, made),
-        met(by_poller < made / 2.0)
+    report_target(
+        "short-lived connections (0.1–5 s) counted by the poller",
+        "misses most (< 50 %)",
+        &format!(
+            "{:.1} % ({by_poller:.0} of {made:.0})",
+            percent(by_poller, made)
+        ),
+        by_poller < made / 2.0,
     );
 }

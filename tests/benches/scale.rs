@@ -39,11 +39,14 @@ use geoip_tests::{
     exporter::{Exporter, Samples, cd, parse, temp_dir},
     fixtures::write_database,
     hold::{Holders, run_if_holder},
-    load::{HOSTS, cpu_seconds, rss_bytes, server, settle, target, value},
+    load::{
+        HOSTS, cpu_seconds, report_target, require_root, rss_bytes, server, settle, target, value,
+    },
     netns::TestNet,
     scrape::{self, Latencies, Pace},
 };
 use geoip_user as _;
+use libc as _;
 use maxminddb as _;
 use serde as _;
 use serde_json as _;
@@ -161,21 +164,11 @@ fn scrapes(exporter: &Exporter) -> Scrapes {
     }
 }
 
-fn met(ok: bool) -> &'static str {
-    if ok { "met" } else { "missed" }
-}
-
 #[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
 fn main() {
     run_if_holder();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "the benchmark needs root (eBPF, network namespaces): run `cargo xtask bench` as root"
-        );
-        std::process::exit(2);
-    }
+    require_root();
     let dir = temp_dir("scale");
     let db = dir.join("scale.mmdb");
     write_database(&db);
@@ -312,20 +305,27 @@ fn main() {
     }
     println!();
     let p99 = loaded.rounds.quantile(0.99);
-    println!(
-        "TARGET\tmemory per tracked connection beyond the database\t≤ {BYTES_PER_CONNECTION_TARGET:.0} bytes\t{per_connection:.0} bytes\t{}",
-        met(exact && per_connection <= BYTES_PER_CONNECTION_TARGET)
+    report_target(
+        "memory per tracked connection beyond the database",
+        &format!("≤ {BYTES_PER_CONNECTION_TARGET:.0} bytes"),
+        &format!("{per_connection:.0} bytes"),
+        exact && per_connection <= BYTES_PER_CONNECTION_TARGET,
     );
-    println!(
-        "TARGET\t/metrics p99 at {HELD} tracked connections, {SCRAPERS} scrapers at once\t≤ {:.0} ms\t{:.2} ms (at ~0 tracked: {:.2} ms)\t{}",
-        ms(P99_TARGET),
-        ms(p99),
-        ms(idle.rounds.quantile(0.99)),
-        met(exact && p99 <= P99_TARGET)
+    report_target(
+        &format!("/metrics p99 at {HELD} tracked connections, {SCRAPERS} scrapers at once"),
+        &format!("≤ {:.0} ms", ms(P99_TARGET)),
+        &format!(
+            "{:.2} ms (at ~0 tracked: {:.2} ms)",
+            ms(p99),
+            ms(idle.rounds.quantile(0.99))
+        ),
+        exact && p99 <= P99_TARGET,
     );
-    println!(
-        "TARGET\tstart-up snapshot of {HELD} existing connections\t≤ {SNAPSHOT_TARGET_SECONDS} s\t{snapshot:.3} s\t{}",
-        met(second_exact && snapshot <= SNAPSHOT_TARGET_SECONDS)
+    report_target(
+        &format!("start-up snapshot of {HELD} existing connections"),
+        &format!("≤ {SNAPSHOT_TARGET_SECONDS} s"),
+        &format!("{snapshot:.3} s"),
+        second_exact && snapshot <= SNAPSHOT_TARGET_SECONDS,
     );
     drop((exporter, net));
 }

@@ -156,3 +156,24 @@ pub fn settle(exporter: &Exporter) -> Samples {
         last = table_work(&s);
     }
 }
+
+/// One line of the target-vs-measured table `cargo xtask bench` gathers
+/// from every benchmark's output: `TARGET`, what, goal, measured, and
+/// `met` or `missed`, tab-separated.
+pub fn report_target(what: &str, goal: &str, measured: &str, met: bool) {
+    println!(
+        "TARGET\t{what}\t{goal}\t{measured}\t{}",
+        if met { "met" } else { "missed" }
+    );
+}
+
+/// Exit with status 2 and a line saying why unless running as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "the benchmark needs root (eBPF, network namespaces): run `cargo xtask bench` as root"
+        );
+        std::process::exit(2);
+    }
+}
