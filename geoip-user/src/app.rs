@@ -126,13 +126,14 @@ pub(crate) struct Started {
 pub(crate) fn start(args: &Args) -> Result<Started, AppError> {
     let geo = Geo::open(&args.database)?;
     let db = geo.info();
+    let ranges = geo.table_size();
     tracing::info!(
         path = %db.path.display(),
         database_type = %db.database_type,
         build_epoch = db.build_epoch,
-        ipv4_ranges = geo.table_size().0,
-        ipv6_ranges = geo.table_size().1,
-        table_bytes = geo.table_size().2,
+        ipv4_ranges = ranges.0,
+        ipv6_ranges = ranges.1,
+        table_bytes = ranges.2,
         "GeoIP database opened and flattened"
     );
     let (users, transport) = match &args.web_config {

@@ -401,14 +401,7 @@ impl Holders {
             })?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            if let Some(out) = stdout {
-                let _ = BufReader::new(out).read_line(&mut line);
-            }
-            let _ = tx.send(line);
-        });
+        let rx = first_line(stdout);
         Ok((
             Holder {
                 child,
@@ -445,6 +438,21 @@ impl Drop for Holders {
     fn drop(&mut self) {
         stop_all(std::mem::take(&mut self.children));
     }
+}
+
+/// The first line a child prints, read on a thread of its own so the
+/// caller can wait for it with a timeout (`recv_timeout`); an empty line
+/// if it ends without one.
+pub fn first_line(stdout: Option<std::process::ChildStdout>) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        if let Some(out) = stdout {
+            let _ = BufReader::new(out).read_line(&mut line);
+        }
+        let _ = tx.send(line);
+    });
+    rx
 }
 
 #[cfg(test)]

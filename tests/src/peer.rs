@@ -3,10 +3,9 @@
 //! a separate process whose CPU time and counts the benchmark reads.
 
 use std::{
-    io::{self, BufRead as _, BufReader, Write as _},
+    io::{self, Write as _},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -124,14 +123,7 @@ impl Poller {
             stdin,
             status: status.to_owned(),
         };
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            if let Some(out) = stdout {
-                let _ = BufReader::new(out).read_line(&mut line);
-            }
-            let _ = tx.send(line);
-        });
+        let rx = crate::hold::first_line(stdout);
         match rx.recv_timeout(READY_WITHIN) {
             Ok(line) if line.trim() == "ready" => Ok(poller),
             Ok(line) => Err(io::Error::other(format!(
