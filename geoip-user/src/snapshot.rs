@@ -1,6 +1,14 @@
 //! The TCP connections ESTABLISHED when the exporter starts, from the
-//! kernel's netlink `sock_diag` interface (`NETLINK_SOCK_DIAG`,
-//! `SOCK_DIAG_BY_FAMILY` with `inet_diag_req_v2`, kernel 3.3 and later).
+//! kernel's netlink `sock_diag` interface (`NETLINK_SOCK_DIAG`).
+//!
+//! One dump per namespace covers both address families: the request is
+//! `TCPDIAG_GETSOCK` with an `inet_diag_req` (the interface's first form,
+//! which every kernel since 2.6 answers for IPv4 and IPv6 at once). The
+//! kernel walks its whole established-socket hash for every dump, and that
+//! hash is shared by all namespaces, so one dump instead of one per family
+//! halves the cost of a snapshot. Should a kernel refuse it, the snapshot
+//! falls back to one `SOCK_DIAG_BY_FAMILY` dump (`inet_diag_req_v2`, 3.3
+//! and later) per family.
 //!
 //! `sock_diag` answers for the namespace its socket was made in, so the
 //! snapshot runs on a thread of its own that enters each of the host's
@@ -14,6 +22,7 @@ use std::{
     io,
     net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -32,6 +41,8 @@ const NETLINK_SOCK_DIAG: i32 = 4;
 /// takes a few hundred milliseconds of CPU, which must not delay scrapes.
 const SNAPSHOT_NICE: i32 = 10;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// The first form of the dump request: both families in one walk.
+const TCPDIAG_GETSOCK: u16 = 18;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 1;
@@ -87,8 +98,23 @@ struct InetDiagMsg {
     inode: u32,
 }
 
+/// `struct inet_diag_req`: the kernel ignores `family` and answers for
+/// both.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct InetDiagReqV1 {
+    family: u8,
+    src_len: u8,
+    dst_len: u8,
+    ext: u8,
+    id: InetDiagSockId,
+    states: u32,
+    dbs: u32,
+}
+
 const _: () = assert!(size_of::<NlMsgHdr>() == 16);
 const _: () = assert!(size_of::<InetDiagReqV2>() == 56);
+const _: () = assert!(size_of::<InetDiagReqV1>() == 60);
 const _: () = assert!(size_of::<InetDiagMsg>() == 72);
 
 #[derive(Debug, thiserror::Error)]
@@ -263,9 +289,49 @@ pub(crate) struct DiagSocket {
 /// ESTABLISHED TCP connections of the calling thread's network namespace
 /// (IPv4 and IPv6) with their derived direction, tagged `netns`.
 fn established(netns: u32, filter: &Filter) -> Result<Vec<(ConnKey, Direction)>, SnapshotError> {
-    let mut sockets = dump(AF_INET, "IPv4", netns, filter)?;
-    sockets.extend(dump(AF_INET6, "IPv6", netns, filter)?);
+    let sockets = if ONE_DUMP_REFUSED.load(Ordering::Relaxed) {
+        per_family(netns, filter)?
+    } else {
+        match dump(Dump::Both, netns, filter) {
+            Ok(sockets) => sockets,
+            Err(err) => {
+                tracing::debug!(error = %crate::error_chain(&err), "the kernel refused one dump for both families; dumping each family");
+                ONE_DUMP_REFUSED.store(true, Ordering::Relaxed);
+                per_family(netns, filter)?
+            }
+        }
+    };
     Ok(classify(&sockets))
+}
+
+/// Set once the kernel refused [`Dump::Both`]: then every snapshot dumps
+/// each family.
+static ONE_DUMP_REFUSED: AtomicBool = AtomicBool::new(false);
+
+fn per_family(netns: u32, filter: &Filter) -> Result<Vec<DiagSocket>, SnapshotError> {
+    let mut sockets = dump(Dump::Family(AF_INET), netns, filter)?;
+    sockets.extend(dump(Dump::Family(AF_INET6), netns, filter)?);
+    Ok(sockets)
+}
+
+/// What one dump asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dump {
+    /// Both families in one walk (`TCPDIAG_GETSOCK`).
+    Both,
+    /// One family (`SOCK_DIAG_BY_FAMILY`).
+    Family(u16),
+}
+
+impl Dump {
+    /// The family named in errors.
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Both => "IPv4 and IPv6",
+            Self::Family(AF_INET) => "IPv4",
+            Self::Family(_) => "IPv6",
+        }
+    }
 }
 
 /// `INET_DIAG_REQ_BYTECODE`: the request attribute holding a filter.
@@ -351,30 +417,76 @@ fn classify(sockets: &[DiagSocket]) -> Vec<(ConnKey, Direction)> {
         .collect()
 }
 
-/// A dump request: header and `inet_diag_req_v2`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Request {
-    hdr: NlMsgHdr,
-    req: InetDiagReqV2,
-}
-
-fn dump(
-    family: u16,
-    name: &'static str,
-    netns: u32,
-    filter: &Filter,
-) -> Result<Vec<DiagSocket>, SnapshotError> {
-    let fd = request(family, filter).map_err(|source| SnapshotError::Io {
-        family: name,
+fn dump(what: Dump, netns: u32, filter: &Filter) -> Result<Vec<DiagSocket>, SnapshotError> {
+    let fd = request(what, filter).map_err(|source| SnapshotError::Io {
+        family: what.name(),
         source,
     })?;
-    read_replies(&fd, name, netns)
+    read_replies(&fd, what.name(), netns)
 }
 
-/// Open a `sock_diag` socket and ask for the family's TCP sockets that are
+/// The TCP states dumped.
+const STATES: u32 = (1 << tcp_state::ESTABLISHED) | (1 << tcp_state::LISTEN);
+
+/// The bytes of a dump request: header, request, then `filter` (if any)
+/// as its attribute.
+fn request_bytes(what: Dump, filter: &Filter) -> Vec<u8> {
+    let (kind, body) = match what {
+        Dump::Both => (
+            TCPDIAG_GETSOCK,
+            bytemuck::bytes_of(&InetDiagReqV1 {
+                family: u8::try_from(AF_INET).unwrap_or(0),
+                src_len: 0,
+                dst_len: 0,
+                ext: 0,
+                id: InetDiagSockId::zeroed(),
+                states: STATES,
+                dbs: 0,
+            })
+            .to_vec(),
+        ),
+        Dump::Family(family) => (
+            SOCK_DIAG_BY_FAMILY,
+            bytemuck::bytes_of(&InetDiagReqV2 {
+                family: u8::try_from(family).unwrap_or(0),
+                protocol: u8::try_from(IPPROTO_TCP).unwrap_or(0),
+                ext: 0,
+                pad: 0,
+                states: STATES,
+                id: InetDiagSockId::zeroed(),
+            })
+            .to_vec(),
+        ),
+    };
+    let attr_len = if filter.0.is_empty() {
+        0
+    } else {
+        4 + filter.0.len()
+    };
+    // Both request forms are a multiple of 4 bytes: the attribute follows
+    // at once.
+    let len = size_of::<NlMsgHdr>() + body.len() + attr_len;
+    let hdr = NlMsgHdr {
+        len: u32::try_from(len).unwrap_or(u32::MAX),
+        kind,
+        flags: NLM_F_REQUEST | NLM_F_DUMP,
+        seq: 1,
+        pid: 0,
+    };
+    let mut bytes = Vec::with_capacity(len);
+    bytes.extend_from_slice(bytemuck::bytes_of(&hdr));
+    bytes.extend_from_slice(&body);
+    if attr_len > 0 {
+        bytes.extend_from_slice(&u16::try_from(attr_len).unwrap_or(u16::MAX).to_ne_bytes());
+        bytes.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        bytes.extend_from_slice(&filter.0);
+    }
+    bytes
+}
+
+/// Open a `sock_diag` socket and ask for the TCP sockets that are
 /// ESTABLISHED or listening and pass `filter`.
-fn request(family: u16, filter: &Filter) -> io::Result<OwnedFd> {
+fn request(what: Dump, filter: &Filter) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the result is checked before use.
     let fd = unsafe {
         libc::socket(
@@ -388,34 +500,7 @@ fn request(family: u16, filter: &Filter) -> io::Result<OwnedFd> {
     }
     // SAFETY: `fd` is a fresh descriptor we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let attr_len = if filter.0.is_empty() {
-        0
-    } else {
-        4 + filter.0.len()
-    };
-    let request = Request {
-        hdr: NlMsgHdr {
-            len: u32::try_from(size_of::<Request>() + attr_len).unwrap_or(u32::MAX),
-            kind: SOCK_DIAG_BY_FAMILY,
-            flags: NLM_F_REQUEST | NLM_F_DUMP,
-            seq: 1,
-            pid: 0,
-        },
-        req: InetDiagReqV2 {
-            family: u8::try_from(family).unwrap_or(0),
-            protocol: u8::try_from(IPPROTO_TCP).unwrap_or(0),
-            ext: 0,
-            pad: 0,
-            states: (1 << tcp_state::ESTABLISHED) | (1 << tcp_state::LISTEN),
-            id: InetDiagSockId::zeroed(),
-        },
-    };
-    let mut bytes = bytemuck::bytes_of(&request).to_vec();
-    if attr_len > 0 {
-        bytes.extend_from_slice(&u16::try_from(attr_len).unwrap_or(u16::MAX).to_ne_bytes());
-        bytes.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
-        bytes.extend_from_slice(&filter.0);
-    }
+    let bytes = request_bytes(what, filter);
     // SAFETY: `sockaddr_nl` is plain data; all-zero is the kernel's address.
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = u16::try_from(libc::AF_NETLINK).unwrap_or(0);
@@ -496,7 +581,8 @@ pub(crate) fn parse_messages(
                     source: io::Error::from_raw_os_error(code.saturating_neg()),
                 });
             }
-            SOCK_DIAG_BY_FAMILY => {
+            // The reply has the request's type.
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => {
                 let msg = payload
                     .get(..size_of::<InetDiagMsg>())
                     .ok_or_else(|| malformed("short inet_diag_msg"))?;
@@ -624,6 +710,58 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    /// The one dump for both families (what a snapshot sends) and the
+    /// two per-family dumps (its fallback) see the same sockets, the
+    /// filter applied to each family's own ranges.
+    #[test]
+    fn one_dump_for_both_families_sees_what_two_dumps_see() {
+        let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let v6 = TcpListener::bind("[::1]:0").unwrap();
+        let _c4 = TcpStream::connect(v4.local_addr().unwrap()).unwrap();
+        let _c6 = TcpStream::connect(v6.local_addr().unwrap()).unwrap();
+        let (_s4, _) = v4.accept().unwrap();
+        let (_s6, _) = v6.accept().unwrap();
+        let ours = [
+            v4.local_addr().unwrap().port(),
+            v6.local_addr().unwrap().port(),
+        ];
+        for filter in [
+            Filter::default(),
+            Filter::excluding(&["fe80::/10".parse().unwrap(), "10.0.0.0/8".parse().unwrap()]),
+            Filter::excluding(&["127.0.0.0/8".parse().unwrap()]),
+        ] {
+            // Only this test's sockets: others come and go meanwhile.
+            let mine = |sockets: Vec<DiagSocket>| {
+                let mut keys: Vec<(u8, String)> = sockets
+                    .into_iter()
+                    .filter(|s| {
+                        ours.contains(&s.key.local_port) || ours.contains(&s.key.remote_port)
+                    })
+                    .map(|s| (s.state, format!("{:?}", s.key)))
+                    .collect();
+                keys.sort();
+                keys
+            };
+            let both = mine(dump(Dump::Both, 7, &filter).unwrap());
+            let each = mine(per_family(7, &filter).unwrap());
+            assert_eq!(both, each);
+            assert!(
+                both.iter().any(|(_, k)| k.contains("::1")),
+                "IPv6 came in the one dump: {both:?}"
+            );
+        }
+        // Unfiltered: both listeners and all four ends.
+        assert_eq!(mine_count(&ours), 6);
+    }
+
+    fn mine_count(ports: &[u16]) -> usize {
+        dump(Dump::Both, 7, &Filter::default())
+            .unwrap()
+            .iter()
+            .filter(|s| ports.contains(&s.key.local_port) || ports.contains(&s.key.remote_port))
+            .count()
     }
 
     #[test]
