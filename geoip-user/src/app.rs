@@ -203,11 +203,11 @@ pub(crate) async fn run(
     if args.connections_api {
         tracker = tracker.keeping_addresses();
     }
-    let lost = probe.lost;
-    let program = probe.program;
+    let losses = Arc::new(probe.losses);
+    let (lost, missed) = (losses.clone(), losses.clone());
     metrics.register_kernel_losses(
-        Box::new(move || probe::lost_events(&lost)),
-        Box::new(move || probe::missed_runs(&program)),
+        Box::new(move || lost.lost()),
+        Box::new(move || missed.missed()),
     )?;
     if let Some(logger) = probe.logger {
         forward_kernel_logs(logger);
@@ -217,7 +217,7 @@ pub(crate) async fn run(
     } else {
         Scope::OwnUntagged
     };
-    let reconcile = reconcile_interval(scope, args.reconcile_interval);
+    let reconcile = reconcile_policy(scope, args.reconcile_interval, args.reconcile_max_interval);
 
     // Attached first, so nothing that opens from now on is missed; events
     // are applied while sock_diag enumerates what exists, and the merge
@@ -231,21 +231,23 @@ pub(crate) async fn run(
     let (geo_tx, geo_rx) = mpsc::channel(1);
     let (ready_tx, ready_rx) = oneshot::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let parts = EventParts {
-        ring: probe.ring,
-        control: probe.control,
+    let (runtime, reader) = event_runtime(probe.ring, probe.control)?;
+    let events = EventLoop {
+        reader,
         tracker,
         metrics: metrics.clone(),
         snapshotter,
         scope,
+        batch: Vec::new(),
         geo_updates: geo_rx,
         queries: query_rx,
-        reconcile,
-        state: state.clone(),
+        losses,
+        undecodable: 0,
     };
+    let loop_state = state.clone();
     let thread = std::thread::Builder::new()
         .name("geoip-events".into())
-        .spawn(move || parts.run(ready_tx, stop_rx))
+        .spawn(move || events.run_thread(&runtime, reconcile, loop_state, ready_tx, stop_rx))
         .map_err(AppError::EventThread)?;
     let (startup, tracked_at_start) = ready_rx.await.map_err(|_| {
         AppError::EventThread(io::Error::other("the event thread ended before it started"))
@@ -287,6 +289,23 @@ pub(crate) async fn run(
     served.map_err(AppError::Serve)
 }
 
+/// The event thread's runtime (a single-thread one), and the ring-buffer
+/// reader registered with it.
+fn event_runtime(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    control: aya::maps::Array<aya::maps::MapData, u32>,
+) -> Result<(tokio::runtime::Runtime, EventReader), AppError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AppError::EventThread)?;
+    let reader = {
+        let _entered = runtime.enter();
+        EventReader::new(ring, control)?
+    };
+    Ok((runtime, reader))
+}
+
 /// `--check`: the metrics once, and a line saying what was checked.
 fn print_check(
     metrics: &Metrics,
@@ -312,19 +331,44 @@ fn limits(args: &Args) -> Limits {
     }
 }
 
-/// The reconcile period, if it runs: not when disabled, and not when
-/// namespaces cannot be told apart (it would take containers'
+/// When the event loop reconciles, if it does: not when disabled, and not
+/// when namespaces cannot be told apart (it would take containers'
 /// connections for stale ones).
-fn reconcile_interval(scope: Scope, every: Duration) -> Option<Duration> {
+fn reconcile_policy(scope: Scope, every: Duration, max: Duration) -> Option<ReconcilePolicy> {
     match (scope, every) {
         (_, Duration::ZERO) => None,
         (Scope::OwnUntagged, _) => {
-            tracing::warn!(
-                "the periodic reconcile is off: namespaces cannot be told apart on this kernel"
-            );
+            tracing::warn!("the reconcile is off: namespaces cannot be told apart on this kernel");
             None
         }
-        (Scope::All, every) => Some(every),
+        (Scope::All, every) => Some(ReconcilePolicy {
+            check: every,
+            max: (!max.is_zero()).then_some(max),
+        }),
+    }
+}
+
+/// When the table is compared with the kernel's sockets. Without a lost,
+/// skipped or undecodable event the table is exact by construction (every
+/// connection is opened and closed by its own events, merged with the
+/// start-up snapshot), so a reconcile, which dumps every socket of every
+/// namespace, runs only when the kernel reported one, and otherwise at
+/// most every `max` as a safety net.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ReconcilePolicy {
+    /// How often the loss counts are looked at; at most one reconcile
+    /// starts per check.
+    check: Duration,
+    /// The longest between two reconciles, losses or not.
+    max: Option<Duration>,
+}
+
+impl ReconcilePolicy {
+    /// Whether to reconcile now: the kernel lost or skipped events (or
+    /// records were undecodable) since the last reconcile began, when the
+    /// count was `baseline`, or `max` has passed since.
+    fn due(self, baseline: u64, losses: u64, since_last: Duration) -> bool {
+        losses > baseline || self.max.is_some_and(|max| since_last >= max)
     }
 }
 
@@ -334,75 +378,9 @@ struct Synced {
     namespaces: usize,
 }
 
-/// What the event thread is started with.
-struct EventParts {
-    ring: aya::maps::RingBuf<aya::maps::MapData>,
-    control: aya::maps::Array<aya::maps::MapData, u32>,
-    tracker: Tracker,
-    metrics: Metrics,
-    snapshotter: Snapshotter,
-    scope: Scope,
-    geo_updates: mpsc::Receiver<Geo>,
-    queries: mpsc::Receiver<ConnQuery>,
-    reconcile: Option<Duration>,
-    state: AppState,
-}
-
 /// The event thread's start-up result: the merge of what existed, and
 /// how many connections are tracked after it.
 type Ready = Result<(Synced, usize), AppError>;
-
-impl EventParts {
-    /// The event thread: its runtime, the start-up snapshot (reported on
-    /// `ready`), then the event loop until `stop` is sent or dropped.
-    fn run(self, ready: oneshot::Sender<Ready>, stop: oneshot::Receiver<()>) {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => runtime,
-            Err(err) => {
-                let _ = ready.send(Err(AppError::EventThread(err)));
-                return;
-            }
-        };
-        runtime.block_on(async move {
-            let reader = match EventReader::new(self.ring, self.control) {
-                Ok(reader) => reader,
-                Err(err) => {
-                    let _ = ready.send(Err(err.into()));
-                    return;
-                }
-            };
-            let mut events = EventLoop {
-                reader,
-                tracker: self.tracker,
-                metrics: self.metrics,
-                snapshotter: self.snapshotter,
-                scope: self.scope,
-                batch: Vec::new(),
-                geo_updates: self.geo_updates,
-                queries: self.queries,
-            };
-            match events.sync(SyncKind::Startup).await {
-                Ok(synced) => {
-                    let tracked = events.tracker.len();
-                    if ready.send(Ok((synced, tracked))).is_err() {
-                        return;
-                    }
-                }
-                Err(err) => {
-                    let _ = ready.send(Err(err));
-                    return;
-                }
-            }
-            tokio::select! {
-                () = events.run(self.reconcile, self.state) => {}
-                _ = stop => {}
-            }
-        });
-    }
-}
 
 /// The one task that owns the connection table: reads the ring buffer,
 /// applies events, runs the reconcile and swaps in reloaded databases.
@@ -417,9 +395,46 @@ struct EventLoop {
     batch: Batch,
     geo_updates: mpsc::Receiver<Geo>,
     queries: mpsc::Receiver<ConnQuery>,
+    /// The kernel's counts of events it could not hand over.
+    losses: Arc<probe::KernelLosses>,
+    /// Ring-buffer records that could not be decoded (each may have been
+    /// an event).
+    undecodable: u64,
 }
 
 impl EventLoop {
+    /// The event thread: on `runtime` (the one the reader is registered
+    /// with), the start-up snapshot (reported on `ready`), then the event
+    /// loop until `stop` is sent or dropped.
+    fn run_thread(
+        mut self,
+        runtime: &tokio::runtime::Runtime,
+        reconcile: Option<ReconcilePolicy>,
+        state: AppState,
+        ready: oneshot::Sender<Ready>,
+        stop: oneshot::Receiver<()>,
+    ) {
+        runtime.block_on(async move {
+            let started = tokio::time::Instant::now();
+            match self.sync(SyncKind::Startup).await {
+                Ok(synced) => {
+                    let tracked = self.tracker.len();
+                    if ready.send(Ok((synced, tracked))).is_err() {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    let _ = ready.send(Err(err));
+                    return;
+                }
+            }
+            tokio::select! {
+                () = self.run(reconcile, started, state) => {}
+                _ = stop => {}
+            }
+        });
+    }
+
     fn apply_batch(&mut self) {
         for record in self.batch.drain(..) {
             match record {
@@ -429,9 +444,17 @@ impl EventLoop {
                 Err(err) => {
                     tracing::debug!(error = %err, "undecodable ring buffer record");
                     self.tracker.recorder().undecodable();
+                    self.undecodable += 1;
                 }
             }
         }
+    }
+
+    /// Events the kernel lost or skipped, and records that could not be
+    /// decoded, since the program was loaded.
+    fn losses(&self) -> u64 {
+        let kernel = self.losses.lost().unwrap_or(0) + self.losses.missed().unwrap_or(0);
+        kernel + self.undecodable
     }
 
     /// Take a snapshot while applying events, then merge it.
@@ -513,13 +536,26 @@ impl EventLoop {
         Ok(synced)
     }
 
-    async fn run(mut self, reconcile: Option<Duration>, state: AppState) {
-        let mut every = reconcile.map(|period| {
-            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    /// `last_reconcile`: when the start-up snapshot began (it was one).
+    async fn run(
+        mut self,
+        policy: Option<ReconcilePolicy>,
+        mut last_reconcile: tokio::time::Instant,
+        state: AppState,
+    ) {
+        let mut checks = policy.map(|p| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + p.check, p.check);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
         });
-        let mut pending: Option<SnapshotReceiver> = None;
+        // Anything lost since the program was loaded, the start-up
+        // snapshot's time included, is reason for the first check to
+        // reconcile.
+        let mut baseline = 0;
+        // A reconcile under way: its snapshot, and the losses and time when
+        // it began (the baseline and time of the last reconcile once it
+        // succeeds).
+        let mut pending: Option<(SnapshotReceiver, u64, tokio::time::Instant)> = None;
         loop {
             tokio::select! {
                 read = self.reader.read_batch(&mut self.batch) => {
@@ -530,10 +566,16 @@ impl EventLoop {
                     }
                     self.apply_batch();
                 }
-                () = tick(every.as_mut()), if pending.is_none() => {
+                () = tick(checks.as_mut()), if pending.is_none() => {
+                    let Some(policy) = policy else { continue };
+                    let losses = self.losses();
+                    if !policy.due(baseline, losses, last_reconcile.elapsed()) {
+                        continue;
+                    }
+                    tracing::debug!(since_last = ?last_reconcile.elapsed(), lost_or_skipped = losses.saturating_sub(baseline), "reconciling");
                     self.tracker.begin_sync();
                     match self.snapshotter.request(self.scope) {
-                        Ok(rx) => pending = Some(rx),
+                        Ok(rx) => pending = Some((rx, losses, tokio::time::Instant::now())),
                         Err(err) => {
                             self.tracker.abort_sync();
                             self.metrics.reconciled(false);
@@ -541,12 +583,16 @@ impl EventLoop {
                         }
                     }
                 }
-                taken = wait(pending.as_mut()), if pending.is_some() => {
-                    pending = None;
+                taken = wait(pending.as_mut().map(|p| &mut p.0)), if pending.is_some() => {
+                    let Some((_, losses, began)) = pending.take() else { continue };
                     let ok = self.merge(taken, SyncKind::Reconcile).await;
                     self.metrics.reconciled(ok.is_ok());
-                    if let Err(err) = ok {
-                        tracing::warn!(error = %crate::error_chain(&err), "reconcile failed; trying again at the next interval");
+                    match ok {
+                        Ok(_) => {
+                            baseline = losses;
+                            last_reconcile = began;
+                        }
+                        Err(err) => tracing::warn!(error = %crate::error_chain(&err), "reconcile failed; trying again at the next check"),
                     }
                 }
                 Some(query) = self.queries.recv() => {
@@ -603,4 +649,38 @@ fn forward_kernel_logs(logger: aya_log::EbpfLogger<probe::TracingLog>) {
             guard.clear_ready();
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_mins(1);
+
+    #[test]
+    fn reconciles_after_losses_or_when_the_safety_interval_passed() {
+        let policy = reconcile_policy(Scope::All, MINUTE, Duration::from_mins(15)).unwrap();
+        assert_eq!(policy.check, MINUTE);
+        // Nothing lost, recently reconciled: nothing to repair.
+        assert!(!policy.due(5, 5, MINUTE));
+        // One event lost or skipped since the last one: repair.
+        assert!(policy.due(5, 6, MINUTE));
+        // Nothing lost, but the safety interval passed.
+        assert!(policy.due(5, 5, Duration::from_mins(15)));
+        assert!(!policy.due(5, 5, Duration::from_mins(14)));
+    }
+
+    #[test]
+    fn zero_max_interval_reconciles_only_after_losses() {
+        let policy = reconcile_policy(Scope::All, MINUTE, Duration::ZERO).unwrap();
+        assert_eq!(policy.max, None);
+        assert!(!policy.due(0, 0, Duration::from_hours(1000)));
+        assert!(policy.due(0, 1, Duration::ZERO));
+    }
+
+    #[test]
+    fn no_reconcile_when_disabled_or_namespaces_unknown() {
+        assert_eq!(reconcile_policy(Scope::All, Duration::ZERO, MINUTE), None);
+        assert_eq!(reconcile_policy(Scope::OwnUntagged, MINUTE, MINUTE), None);
+    }
 }

@@ -78,9 +78,13 @@ pub(crate) struct Args {
     #[arg(long = "ringbuf.size-bytes", alias = "kernel.ring-buffer-bytes", value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
     pub(crate) ring_buffer_bytes: u32,
 
-    /// How often to compare the connection table with the kernel's socket table (sock_diag, every network namespace) and repair it, e.g. after lost events: a duration such as 60s, 5m or 1m30s; 0 disables.
+    /// How often to look whether the kernel lost or skipped events since the last reconcile, and if it did, compare the connection table with the kernel's socket table (sock_diag, every network namespace) and repair it: a duration such as 60s, 5m or 1m30s; 0 disables reconciling.
     #[arg(long = "reconcile.interval", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub(crate) reconcile_interval: Duration,
+
+    /// Reconcile at least this often even when no event was lost (a safety net; with no loss the table is exact). Checked every --reconcile.interval; set it to the same value to reconcile every interval; 0 reconciles only after losses.
+    #[arg(long = "reconcile.max-interval", value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    pub(crate) reconcile_max_interval: Duration,
 
     /// Check everything (database, listen address, privileges, kernel program, snapshot), print what would be exported, and exit without serving.
     #[arg(long = "check")]
@@ -216,6 +220,7 @@ mod tests {
         );
         assert_eq!(a.ring_buffer_bytes, DEFAULT_RING_BYTES);
         assert_eq!(a.reconcile_interval, Duration::from_mins(1));
+        assert_eq!(a.reconcile_max_interval, Duration::from_mins(15));
     }
 
     #[test]
@@ -232,6 +237,7 @@ mod tests {
             "--web.enable-connections-api",
             "--ringbuf.size-bytes=8192",
             "--reconcile.interval=1m30s",
+            "--reconcile.max-interval=1h",
             "--log.level=debug",
             "--check",
         ])
@@ -243,6 +249,7 @@ mod tests {
         assert!(a.legacy_job_location && a.check && a.connections_api);
         assert_eq!(a.ring_buffer_bytes, 8192);
         assert_eq!(a.reconcile_interval, Duration::from_secs(90));
+        assert_eq!(a.reconcile_max_interval, Duration::from_hours(1));
         let old = parse(&["--kernel.ring-buffer-bytes=16384"]).unwrap();
         assert_eq!(old.ring_buffer_bytes, 16384, "the old spelling still works");
     }
@@ -275,6 +282,7 @@ mod tests {
             (vec!["--web.telemetry-path", "/"], "\"/\""),
             (vec!["--ringbuf.size-bytes", "5000"], "\"5000\""),
             (vec!["--reconcile.interval", "soon"], "\"soon\""),
+            (vec!["--reconcile.max-interval", "1 h"], "\"1 h\""),
             (
                 vec!["--web.max-connections", "0"],
                 "\"0\" is not a whole number from 1",
@@ -308,6 +316,7 @@ mod tests {
             "--web.read-header-timeout",
             "--ringbuf.size-bytes",
             "--reconcile.interval",
+            "--reconcile.max-interval",
             "--check",
             "--log.level",
             "100.64.0.0/10",

@@ -12,7 +12,7 @@
 //! - [`events`]: decode ring-buffer records.
 //! - [`snapshot`]: the connections the kernel holds (`sock_diag`, in every
 //!   network namespace of [`namespaces`]), at start-up and for the
-//!   periodic reconcile.
+//!   reconcile after lost events.
 //! - [`filter`]: ranges that are not "the world".
 //! - [`table`]: the live connection table; [`geo`] answers its lookups,
 //!   [`reload`] swaps in a new database when its file changes.

@@ -63,14 +63,14 @@ impl Health {
         let corrections = IntCounterVec::new(
             opts(
                 "geoip_exporter_reconcile_corrections_total",
-                "Connections the periodic reconcile with the kernel's socket table had to add (opened, their event lost) or remove (closed, their event lost).",
+                "Connections a reconcile with the kernel's socket table had to add (opened, their event lost) or remove (closed, their event lost).",
             ),
             &["action"],
         )?;
         let reconciles = IntCounterVec::new(
             opts(
                 "geoip_exporter_reconciles_total",
-                "Periodic reconciles of the connection table with the kernel's socket table, by result.",
+                "Reconciles of the connection table with the kernel's socket table (after lost, skipped or undecodable events, or every --reconcile.max-interval), by result.",
             ),
             &["result"],
         )?;
@@ -238,7 +238,7 @@ impl Metrics {
     ) -> Result<(), prometheus::Error> {
         let counter = IntCounter::with_opts(opts(
             "geoip_exporter_events_lost_total",
-            "Connection events the kernel program could not submit because the ring buffer was full; the periodic reconcile repairs the counts. Raise --ringbuf.size-bytes.",
+            "Connection events the kernel program could not submit because the ring buffer was full; the reconcile they trigger repairs the counts. Raise --ringbuf.size-bytes.",
         ))?;
         self.registry.register(Box::new(FromKernel {
             counter,
@@ -246,7 +246,7 @@ impl Metrics {
         }))?;
         let counter = IntCounter::with_opts(opts(
             "geoip_exporter_events_missed_total",
-            "Runs of the kernel program the kernel skipped because it was already running on that CPU (a TCP state change in an interrupt during another one); each may have been a connection event, which the periodic reconcile repairs.",
+            "Runs of the kernel program the kernel skipped because it was already running on that CPU (a TCP state change in an interrupt during another one); each may have been a connection event, which the reconcile they trigger repairs.",
         ))?;
         self.registry.register(Box::new(FromKernel {
             counter,

@@ -118,11 +118,10 @@ pub(crate) struct Probe {
     pub(crate) logger: Option<aya_log::EbpfLogger<TracingLog>>,
     /// The ring buffer; [`EventReader::new`] reads it inside the runtime.
     pub(crate) ring: RingBuf<MapData>,
-    pub(crate) lost: PerCpuArray<MapData, u64>,
     /// How the program wakes us (see [`EventReader`]).
     pub(crate) control: Array<MapData, u32>,
-    /// The program, for the kernel's count of its skipped runs.
-    pub(crate) program: std::os::fd::OwnedFd,
+    /// The kernel's counts of what it could not hand over.
+    pub(crate) losses: KernelLosses,
     /// Whether events carry their socket's network namespace.
     pub(crate) namespaces: bool,
 }
@@ -183,9 +182,8 @@ impl Prepared {
             _ebpf: ebpf,
             logger,
             ring,
-            lost,
             control,
-            program,
+            losses: KernelLosses { lost, program },
             namespaces: self.sock_layout.enabled != 0,
         })
     }
@@ -202,16 +200,36 @@ fn take_map<T>(
     convert(map).map_err(|source| ProbeError::Map { name, source })
 }
 
-/// Sum of the per-CPU counts of events the program could not submit.
-pub(crate) fn lost_events(lost: &PerCpuArray<MapData, u64>) -> Option<u64> {
-    lost.get(&0, 0).ok().map(|per_cpu| per_cpu.iter().sum())
+/// What the kernel could not hand over, as it counts it: events the
+/// program dropped on a full ring buffer, and runs of the program the
+/// kernel skipped. Each read is one system call; `None` when the kernel
+/// does not say.
+pub(crate) struct KernelLosses {
+    lost: PerCpuArray<MapData, u64>,
+    /// The program, for the kernel's count of its skipped runs.
+    program: std::os::fd::OwnedFd,
 }
 
-/// How many times the kernel skipped the program because it was already
-/// running on the same CPU (`bpf_prog_info.recursion_misses`, Linux 5.12
-/// and later): a TCP state change in softirq context that interrupts the
-/// program running for another one in process context is not seen.
-pub(crate) fn missed_runs(program: &std::os::fd::OwnedFd) -> Option<u64> {
+impl KernelLosses {
+    /// Sum of the per-CPU counts of events the program could not submit.
+    pub(crate) fn lost(&self) -> Option<u64> {
+        self.lost
+            .get(&0, 0)
+            .ok()
+            .map(|per_cpu| per_cpu.iter().sum())
+    }
+
+    /// How many times the kernel skipped the program because it was
+    /// already running on the same CPU (`bpf_prog_info.recursion_misses`,
+    /// Linux 5.12 and later): a TCP state change in softirq context that
+    /// interrupts the program running for another one in process context
+    /// is not seen.
+    pub(crate) fn missed(&self) -> Option<u64> {
+        missed_runs(&self.program)
+    }
+}
+
+fn missed_runs(program: &std::os::fd::OwnedFd) -> Option<u64> {
     use std::os::fd::AsRawFd as _;
     /// `BPF_OBJ_GET_INFO_BY_FD`.
     const GET_INFO: libc::c_long = 15;

@@ -78,7 +78,7 @@ pub(crate) enum SyncKind {
     /// At start-up: what exists is counted as opened, nothing is a
     /// correction.
     Startup,
-    /// The periodic reconcile: every difference is a correction (lost
+    /// A reconcile: every difference is a correction (lost
     /// events, or a namespace that vanished with its sockets).
     Reconcile,
 }

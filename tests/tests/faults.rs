@@ -70,7 +70,9 @@ fn connections_in_other_namespaces_are_counted_apart() {
         &[
             "--geoip.database",
             db.to_str().expect("utf-8 path"),
+            // Reconcile every second whether or not events are lost.
             "--reconcile.interval=1s",
+            "--reconcile.max-interval=1s",
         ],
     );
     let at_start = exporter.wait_for(|_| true);
@@ -152,8 +154,9 @@ fn connections_in_other_namespaces_are_counted_apart() {
     assert_eq!(exporter.stop(libc::SIGTERM).code(), Some(0));
 }
 
-/// A ring buffer of one page and a frozen exporter: events are lost for
-/// sure (opens and closes), and the next reconcile makes every count exact.
+/// No reconcile while nothing is lost; then a ring buffer of one page and
+/// a frozen exporter: events are lost for sure (opens and closes), and the
+/// reconcile that follows makes every count exact.
 #[test]
 fn lost_events_are_counted_and_repaired_by_the_reconcile() {
     const KEPT: usize = 20;
@@ -171,12 +174,27 @@ fn lost_events_are_counted_and_repaired_by_the_reconcile() {
             "--geoip.database",
             db.to_str().expect("utf-8 path"),
             "--ringbuf.size-bytes=4096",
-            "--reconcile.interval=2s",
+            "--reconcile.interval=1s",
         ],
     );
     let mut held: Vec<TcpStream> = (0..KEPT).map(|_| net.connect_to(target)).collect();
     let before = exporter.wait_for(|s| conns(s, "JP", "outbound") == 20.0);
     assert_eq!(conns(&before, "JP", "outbound"), 20.0);
+    // Three checks with nothing lost: the table is exact, no dump is made.
+    std::thread::sleep(Duration::from_millis(3_500));
+    let quiet = exporter.wait_for(|_| true);
+    let lost_or_missed = value(&quiet, "geoip_exporter_events_lost_total")
+        + value(&quiet, "geoip_exporter_events_missed_total");
+    if lost_or_missed == 0.0 {
+        assert_eq!(
+            value(
+                &quiet,
+                "geoip_exporter_reconciles_total{result=\"success\"}"
+            ),
+            0.0,
+            "nothing was lost, yet the exporter reconciled"
+        );
+    }
 
     // Frozen, the exporter reads nothing: one page holds 56 events, the
     // opens fill it, the closes after them are lost.
