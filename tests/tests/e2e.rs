@@ -9,11 +9,12 @@
 use std::{
     collections::BTreeMap,
     net::{TcpListener, TcpStream},
+    time::{Duration, Instant},
 };
 
 use bcrypt as _;
 use geoip_tests::{
-    exporter::{Exporter, Samples, cd, nonzero, promtool_check_metrics, temp_dir},
+    exporter::{Exporter, Samples, cd, nonzero, parse, promtool_check_metrics, temp_dir},
     fixtures::*,
     netns::{HOST_V4, HOST_V6, PEER_V4, PEER_V6, TestNet, host_listener, sock},
 };
@@ -222,6 +223,52 @@ fn counts_live_connections_by_country_and_direction() {
 /// kernel's verifier and attach: the one reading the tracepoint record
 /// through a helper (a record layout other than the usual one) and the
 /// empty one the benchmark uses.
+/// After a second without events the reader stops draining the ring on
+/// its 50 ms timer: it asks the kernel program to wake it on the next
+/// record, and otherwise looks only once a second. Each connection made to
+/// such an idle exporter must still be counted well within that second,
+/// every time (a reader the kernel never woke would take up to 1 s).
+#[test]
+fn an_idle_exporter_is_woken_by_the_first_event() {
+    const TRIALS: u32 = 6;
+    const IDLE: Duration = Duration::from_millis(1_500);
+    const WITHIN: Duration = Duration::from_millis(300);
+    let dir = temp_dir("idle");
+    let db = dir.join("test.mmdb");
+    write_database(&db);
+    let net = TestNet::create("idle", &[DE_V4]);
+    let _server = net.serve(SERVICE_PORT);
+    let target = sock(DE_V4, SERVICE_PORT);
+    net.check_route(target.ip());
+    let exporter = Exporter::start(&dir, &["--geoip.database", db.to_str().expect("utf-8")]);
+    let mut held = Vec::new();
+    let mut latencies = Vec::new();
+    for trial in 1..=TRIALS {
+        std::thread::sleep(IDLE);
+        let start = Instant::now();
+        held.push(TcpStream::connect_timeout(&target, Duration::from_secs(5)).expect("connect"));
+        let counted = loop {
+            let n = parse(&exporter.scrape())
+                .get(&format!("geoip_connections{}", cd("DE", "outbound")))
+                .copied()
+                .unwrap_or(0.0);
+            if n == f64::from(trial) {
+                break start.elapsed();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "trial {trial}: not counted after 3 s ({n})"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        latencies.push(counted);
+    }
+    assert!(
+        latencies.iter().all(|l| *l < WITHIN),
+        "every connection to an idle exporter counted within {WITHIN:?}: {latencies:?}"
+    );
+}
+
 #[test]
 fn every_build_of_the_kernel_program_loads() {
     use geoip_user::bench::{PROGRAM, PROGRAM_ANY_LAYOUT, PROGRAM_EMPTY, attach_program};
