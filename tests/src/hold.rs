@@ -73,7 +73,7 @@ pub fn run_if_holder() {
             // Hold until the parent closes our standard input (or exits).
             let mut sink = [0u8; 64];
             while io::stdin().read(&mut sink).is_ok_and(|n| n > 0) {}
-            drop(held);
+            held.reset();
             std::process::exit(0);
         }
         Err(err) => {
@@ -139,6 +139,30 @@ impl Spec {
 struct Held {
     clients: Vec<TcpStream>,
     _servers: Vec<TcpStream>,
+}
+
+impl Held {
+    /// Close every connection with a reset: no socket is left in
+    /// `TIME_WAIT`, where it would stay in the kernel's socket hash (which
+    /// every snapshot walks) for a minute and slow down the next benchmark.
+    fn reset(self) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        for c in &self.clients {
+            // SAFETY: setsockopt with a valid linger of the size given.
+            unsafe {
+                libc::setsockopt(
+                    c.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&raw const linger).cast(),
+                    u32::try_from(size_of::<libc::linger>()).unwrap_or(0),
+                );
+            }
+        }
+    }
 }
 
 /// The child's work: listen in the namespace, connect from here, accept.
