@@ -26,12 +26,13 @@ use tokio::{
 
 use crate::{
     caps,
-    cli::Args,
+    cli::{Args, Label},
     events::{DecodeError, Event},
     filter::Exclusions,
-    geo::{DatabaseInfo, Geo, OpenError},
+    geo::{DatabaseInfo, Databases, OpenError, Records, Wants},
     http::{AppState, router, with_basic_auth},
-    metrics::Metrics,
+    labels::{Caps, Labels},
+    metrics::{Metrics, Wanted},
     probe::{self, EventReader, Probe, ProbeError},
     reload::Reloader,
     server::{self, Limits, Transport},
@@ -91,6 +92,11 @@ type Batch = Vec<Result<Event, DecodeError>>;
 /// ended to be written.
 const SETTLE_LIMIT: Duration = Duration::from_secs(1);
 
+/// How often the busiest ASN and city values may displace quiet ones in
+/// their capped families: rarely enough that the set of series does not
+/// change from one scrape to the next.
+const RERANK: Duration = Duration::from_mins(5);
+
 /// How long requests in flight may take to finish after SIGTERM before
 /// their connections are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
@@ -111,7 +117,7 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, AppError> {
 
 /// What the privileged start-up made, for [`run`].
 pub(crate) struct Started {
-    geo: Geo,
+    databases: Databases,
     users: HashMap<String, String>,
     transport: Transport,
     listener: std::net::TcpListener,
@@ -124,9 +130,9 @@ pub(crate) struct Started {
 /// start the snapshot thread; then drop every capability of this thread
 /// (threads made later, the runtime's included, inherit none).
 pub(crate) fn start(args: &Args) -> Result<Started, AppError> {
-    let geo = Geo::open(&args.database)?;
-    let db = geo.info();
-    let ranges = geo.table_size();
+    let databases = Databases::open(&args.database, wants(args))?;
+    let db = databases.country.info();
+    let ranges = databases.country.table_size();
     tracing::info!(
         path = %db.path.display(),
         database_type = %db.database_type,
@@ -163,8 +169,16 @@ pub(crate) fn start(args: &Args) -> Result<Started, AppError> {
         ),
         Err(err) => tracing::warn!(error = %err, "cannot drop capabilities"),
     }
+    for (what, info) in [
+        ("ASN", databases.asn.as_ref().map(Records::info)),
+        ("city", databases.city.as_ref().map(Records::info)),
+    ] {
+        if let Some(info) = info {
+            tracing::info!(path = %info.path.display(), database_type = %info.database_type, build_epoch = info.build_epoch, "{what} database opened");
+        }
+    }
     Ok(Started {
-        geo,
+        databases,
         users,
         transport,
         listener,
@@ -180,28 +194,24 @@ pub(crate) async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
     let Started {
-        geo,
+        databases,
         users,
         transport,
         listener,
         probe,
         snapshotter,
     } = started;
-    let db = geo.info().clone();
+    let db = databases.country.info().clone();
     let listener = TcpListener::from_std(listener).map_err(|source| AppError::Bind {
         addr: args.listen_address,
         source,
     })?;
-    let metrics = Metrics::new(args.legacy_job_location)?;
+    let (tracker, metrics) = tracker(&args, databases)?;
     metrics.set_database_build(db.build_epoch);
     let (query_tx, query_rx) = mpsc::channel(4);
     let mut state = AppState::new(metrics.clone(), &args.telemetry_path, &db);
     if args.connections_api {
         state = state.with_connections_api(query_tx);
-    }
-    let mut tracker = Tracker::new(Exclusions::new(&args.exclude), geo, metrics.recorder());
-    if args.connections_api {
-        tracker = tracker.keeping_addresses();
     }
     let losses = Arc::new(probe.losses);
     let (lost, missed) = (losses.clone(), losses.clone());
@@ -268,7 +278,8 @@ pub(crate) async fn run(
 
     let reloader = tokio::spawn(
         Reloader {
-            path: args.database.clone(),
+            paths: args.database.clone(),
+            wants: wants(&args),
             to_tracker: geo_tx,
             metrics: metrics.clone(),
             state: state.clone(),
@@ -287,6 +298,29 @@ pub(crate) async fn run(
     drop(stop_tx);
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     served.map_err(AppError::Serve)
+}
+
+/// The connection table on `databases`, and the metrics it updates (with
+/// the families `--labels` asks for).
+fn tracker(args: &Args, databases: Databases) -> Result<(Tracker, Metrics), AppError> {
+    let Databases { country, asn, city } = databases;
+    let metrics = Metrics::with_families(
+        args.legacy_job_location,
+        Wanted {
+            asn: asn.is_some(),
+            city: city.is_some(),
+        },
+    )?;
+    let caps = Caps {
+        asn: args.asn_limit,
+        city: args.city_limit,
+    };
+    let mut tracker = Tracker::new(Exclusions::new(&args.exclude), country, metrics.recorder())
+        .with_labels(Labels::new(asn, city, caps));
+    if args.connections_api {
+        tracker = tracker.keeping_addresses();
+    }
+    Ok((tracker, metrics))
 }
 
 /// The event thread's runtime (a single-thread one), and the ring-buffer
@@ -320,6 +354,14 @@ fn print_check(
         db.database_type,
     );
     Ok(())
+}
+
+/// The databases `--labels` needs besides a country database.
+fn wants(args: &Args) -> Wants {
+    Wants {
+        asn: args.labels.contains(&Label::Asn),
+        city: args.labels.contains(&Label::City),
+    }
 }
 
 fn limits(args: &Args) -> Limits {
@@ -393,7 +435,7 @@ struct EventLoop {
     snapshotter: Snapshotter,
     scope: Scope,
     batch: Batch,
-    geo_updates: mpsc::Receiver<Geo>,
+    geo_updates: mpsc::Receiver<Databases>,
     queries: mpsc::Receiver<ConnQuery>,
     /// The kernel's counts of events it could not hand over.
     losses: Arc<probe::KernelLosses>,
@@ -556,6 +598,8 @@ impl EventLoop {
         // it began (the baseline and time of the last reconcile once it
         // succeeds).
         let mut pending: Option<(SnapshotReceiver, u64, tokio::time::Instant)> = None;
+        let mut reranks = tokio::time::interval_at(tokio::time::Instant::now() + RERANK, RERANK);
+        reranks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 read = self.reader.read_batch(&mut self.batch) => {
@@ -598,12 +642,13 @@ impl EventLoop {
                 Some(query) = self.queries.recv() => {
                     let _ = query.reply.send(self.tracker.list(query.limit));
                 }
-                Some(geo) = self.geo_updates.recv() => {
-                    // Dropping the old database (its whole file in memory)
-                    // is left to a blocking thread.
-                    let old = self.tracker.replace_geo(geo);
+                Some(dbs) = self.geo_updates.recv() => {
+                    // Dropping the old country table (megabytes) is left
+                    // to a blocking thread.
+                    let old = self.tracker.replace_databases(dbs);
                     tokio::task::spawn_blocking(move || drop(old));
                 }
+                _ = reranks.tick() => self.tracker.rerank(),
             }
         }
     }

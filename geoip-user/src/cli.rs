@@ -34,9 +34,21 @@ pub(crate) const DEFAULT_DATABASE: &str = "/var/lib/GeoIP/GeoLite2-Country.mmdb"
     after_help = builtin_help()
 )]
 pub(crate) struct Args {
-    /// MaxMind-format (mmdb) database with country data: GeoLite2/GeoIP2 Country or City, DB-IP lite, ip-location-db, IPinfo lite.
+    /// MaxMind-format (mmdb) database: one with country data (GeoLite2/GeoIP2 Country or City, DB-IP lite, ip-location-db, IPinfo lite), and, repeating the flag, an ASN database for --labels asn and a city database for --labels city. What each provides is read from its metadata.
     #[arg(long = "geoip.database", value_name = "PATH", default_value = DEFAULT_DATABASE)]
-    pub(crate) database: PathBuf,
+    pub(crate) database: Vec<PathBuf>,
+
+    /// Opt-in families beyond the country: asn (geoip_connections_by_asn, needs an ASN database), city (geoip_connections_by_city and geoip_city_location_info, needs a city database). Repeat the flag or separate with commas.
+    #[arg(long = "labels", value_name = "LABEL", value_delimiter = ',')]
+    pub(crate) labels: Vec<Label>,
+
+    /// How many autonomous systems get series of their own in geoip_connections_by_asn (the busiest; the rest count as other).
+    #[arg(long = "labels.asn-limit", value_name = "N", default_value_t = 50, value_parser = |v: &str| parse_count(v, 1, 1000))]
+    pub(crate) asn_limit: usize,
+
+    /// How many cities get series of their own in geoip_connections_by_city (the busiest; the rest count as other in their country).
+    #[arg(long = "labels.city-limit", value_name = "N", default_value_t = 50, value_parser = |v: &str| parse_count(v, 1, 1000))]
+    pub(crate) city_limit: usize,
 
     /// Address to serve metrics on: IP:PORT, [IPv6]:PORT, or :PORT for every address.
     #[arg(long = "web.listen-address", value_name = "ADDRESS", default_value = ":9300", value_parser = parse_listen_address)]
@@ -93,6 +105,15 @@ pub(crate) struct Args {
     /// Log level: error, warn, info or debug. Logs go to stderr.
     #[arg(long = "log.level", value_name = "LEVEL", default_value = "info")]
     pub(crate) log_level: LogLevel,
+}
+
+/// An opt-in family (`--labels`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Label {
+    /// `geoip_connections_by_asn{asn,as_org,direction}`.
+    Asn,
+    /// `geoip_connections_by_city{country,city,direction}`.
+    City,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -209,7 +230,9 @@ mod tests {
     #[test]
     fn defaults() {
         let a = parse(&[]).unwrap();
-        assert_eq!(a.database, PathBuf::from(DEFAULT_DATABASE));
+        assert_eq!(a.database, vec![PathBuf::from(DEFAULT_DATABASE)]);
+        assert!(a.labels.is_empty());
+        assert_eq!((a.asn_limit, a.city_limit), (50, 50));
         assert_eq!(a.listen_address, "[::]:9300".parse().unwrap());
         assert_eq!(a.telemetry_path, "/metrics");
         assert!(a.exclude.is_empty());
@@ -227,6 +250,10 @@ mod tests {
     fn every_flag() {
         let a = parse(&[
             "--geoip.database=/x.mmdb",
+            "--geoip.database=/asn.mmdb",
+            "--labels=asn,city",
+            "--labels.asn-limit=5",
+            "--labels.city-limit=7",
             "--web.listen-address",
             "127.0.0.1:9999",
             "--web.telemetry-path=/m",
@@ -242,7 +269,13 @@ mod tests {
             "--check",
         ])
         .unwrap();
-        assert_eq!(a.database, PathBuf::from("/x.mmdb"));
+        assert_eq!(
+            a.database,
+            vec![PathBuf::from("/x.mmdb"), PathBuf::from("/asn.mmdb")],
+            "a given database replaces the default"
+        );
+        assert_eq!(a.labels, vec![Label::Asn, Label::City]);
+        assert_eq!((a.asn_limit, a.city_limit), (5, 7));
         assert_eq!(a.listen_address, "127.0.0.1:9999".parse().unwrap());
         assert_eq!(a.telemetry_path, "/m");
         assert_eq!(a.exclude.len(), 3);
@@ -290,6 +323,9 @@ mod tests {
             (vec!["--web.max-header-bytes", "10"], "\"10\""),
             (vec!["--web.read-header-timeout", "0"], "\"0\""),
             (vec!["--log.level", "loud"], "loud"),
+            (vec!["--labels", "colour"], "colour"),
+            (vec!["--labels.asn-limit", "0"], "\"0\""),
+            (vec!["--labels.city-limit", "5000"], "\"5000\""),
         ] {
             let err = parse(&args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
@@ -305,6 +341,9 @@ mod tests {
         };
         for flag in [
             "--geoip.database",
+            "--labels",
+            "--labels.asn-limit",
+            "--labels.city-limit",
             "--web.listen-address",
             "--web.telemetry-path",
             "--exclude",

@@ -9,6 +9,15 @@
 //!
 //! `country` is preferred (where the address is used), then
 //! `registered_country` (who holds it), then `country_code`.
+//!
+//! [`databases`] opens every `--geoip.database` and decides what each one
+//! provides; [`asn`] and [`city`] read the optional ASN and city answers
+//! ([`records`]).
+
+mod asn;
+mod city;
+mod databases;
+mod records;
 
 use std::{
     collections::HashMap,
@@ -17,7 +26,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub(crate) use asn::AsInfo;
+pub(crate) use city::City;
+pub(crate) use databases::{Databases, Wants};
 use maxminddb::{MaxMindDbError, Reader};
+pub(crate) use records::{Decode, Records};
 use serde::{
     Deserialize, Deserializer,
     de::{IgnoredAny, MapAccess, Visitor},
@@ -100,6 +113,33 @@ pub(crate) enum OpenError {
         database_type: String,
         checked: usize,
     },
+    #[error(
+        "two {what} databases given, {} and {}; pass one of them to --geoip.database",
+        first.display(),
+        second.display()
+    )]
+    Duplicate {
+        what: &'static str,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error(
+        "--labels {label} needs {what}; pass one with another --geoip.database (e.g. {examples})"
+    )]
+    Missing {
+        label: &'static str,
+        what: &'static str,
+        examples: &'static str,
+    },
+    #[error(
+        "GeoIP database {} (type {database_type:?}) has no {what} in any of its first networks; it is not the {what} database it is used as",
+        path.display()
+    )]
+    NoAnswers {
+        path: PathBuf,
+        database_type: String,
+        what: &'static str,
+    },
 }
 
 /// What the exporter tells about the database it uses.
@@ -109,6 +149,18 @@ pub(crate) struct DatabaseInfo {
     pub(crate) database_type: String,
     pub(crate) build_epoch: u64,
     pub(crate) ip_version: u16,
+}
+
+impl DatabaseInfo {
+    pub(crate) fn of(reader: &Reader<Vec<u8>>, path: &Path) -> Self {
+        let meta = reader.metadata();
+        Self {
+            path: path.to_owned(),
+            database_type: meta.database_type.clone(),
+            build_epoch: meta.build_epoch,
+            ip_version: meta.ip_version,
+        }
+    }
 }
 
 /// The fields that hold a country in the layouts we read.
@@ -197,39 +249,25 @@ pub(crate) struct LookupError {
 
 impl Geo {
     /// Open `path`, check it is a MaxMind DB that has country data.
+    #[cfg(any(test, feature = "bench"))]
     pub(crate) fn open(path: &Path) -> Result<Self, OpenError> {
-        let bytes = std::fs::read(path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => OpenError::NotFound {
-                path: path.to_owned(),
-            },
-            _ => OpenError::Unreadable {
-                path: path.to_owned(),
-                source,
-            },
-        })?;
-        Self::from_bytes(bytes, path)
+        Self::from_reader(&read(path)?, path)
     }
 
     /// Check and flatten the database `bytes`, read from `path`.
+    #[cfg(feature = "fuzzing")]
     pub(crate) fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Self, OpenError> {
-        if bytes.is_empty() {
-            return Err(OpenError::Empty {
-                path: path.to_owned(),
-            });
-        }
+        Self::from_reader(&check(bytes, path)?, path)
+    }
+
+    /// Check and flatten the database `reader` reads, from `path`.
+    pub(crate) fn from_reader(reader: &Reader<Vec<u8>>, path: &Path) -> Result<Self, OpenError> {
         let invalid = |source| OpenError::Invalid {
             path: path.to_owned(),
             source,
         };
-        let reader = Reader::from_source(bytes).map_err(invalid)?;
-        let meta = reader.metadata();
-        let info = DatabaseInfo {
-            path: path.to_owned(),
-            database_type: meta.database_type.clone(),
-            build_epoch: meta.build_epoch,
-            ip_version: meta.ip_version,
-        };
-        let flat = Flattener::run(&reader).map_err(invalid)?;
+        let info = DatabaseInfo::of(reader, path);
+        let flat = Flattener::run(reader).map_err(invalid)?;
         if !flat.has_country {
             return Err(OpenError::NoCountry {
                 path: path.to_owned(),
@@ -286,6 +324,33 @@ impl Geo {
         }
         Ok(country)
     }
+}
+
+/// Read the database file at `path` whole and check it is a MaxMind DB.
+fn read(path: &Path) -> Result<Reader<Vec<u8>>, OpenError> {
+    let bytes = std::fs::read(path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => OpenError::NotFound {
+            path: path.to_owned(),
+        },
+        _ => OpenError::Unreadable {
+            path: path.to_owned(),
+            source,
+        },
+    })?;
+    check(bytes, path)
+}
+
+/// Check that `bytes`, read from `path`, are a MaxMind DB.
+fn check(bytes: Vec<u8>, path: &Path) -> Result<Reader<Vec<u8>>, OpenError> {
+    if bytes.is_empty() {
+        return Err(OpenError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    Reader::from_source(bytes).map_err(|source| OpenError::Invalid {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Reads every network of a database once, decoding each distinct

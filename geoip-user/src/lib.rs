@@ -26,6 +26,7 @@ mod app;
 #[cfg(feature = "bench")]
 pub mod bench;
 mod btf;
+mod cap;
 mod caps;
 mod cli;
 mod events;
@@ -34,6 +35,7 @@ mod filter;
 pub mod fuzz;
 mod geo;
 mod http;
+mod labels;
 mod metrics;
 mod namespaces;
 mod page;

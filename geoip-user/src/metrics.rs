@@ -13,7 +13,11 @@ use prometheus::{
     proto::MetricFamily,
 };
 
-use crate::{events::Direction, geo::Country};
+use crate::{
+    cap::Slot,
+    events::Direction,
+    geo::{City, Country},
+};
 
 /// Where a count kept in the kernel comes from (read at each scrape).
 pub(crate) type KernelCount = Box<dyn Fn() -> Option<u64> + Send + Sync>;
@@ -26,6 +30,7 @@ pub(crate) struct Metrics {
     opened: IntCounterVec,
     closed: IntCounterVec,
     legacy: Option<IntGaugeVec>,
+    families: Families,
     events_read: IntCounterVec,
     events_undecodable: IntCounter,
     lookup_errors: IntCounter,
@@ -122,10 +127,87 @@ fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help)
 }
 
+/// `geoip_exporter_build_info{version} 1`.
+fn build_info() -> Result<IntGaugeVec, prometheus::Error> {
+    let build_info = IntGaugeVec::new(
+        opts(
+            "geoip_exporter_build_info",
+            "A metric with a constant '1' value labeled by the exporter's version.",
+        ),
+        &["version"],
+    )?;
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    Ok(build_info)
+}
+
+/// Which opt-in families are exported (`--labels`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Wanted {
+    pub(crate) asn: bool,
+    pub(crate) city: bool,
+}
+
+/// The opt-in families, when exported.
+#[derive(Clone, Default)]
+struct Families {
+    by_asn: Option<IntGaugeVec>,
+    by_city: Option<IntGaugeVec>,
+    city_location: Option<IntGaugeVec>,
+}
+
+impl Families {
+    fn new(wanted: Wanted, registry: &Registry) -> Result<Self, prometheus::Error> {
+        let mut families = Self::default();
+        if wanted.asn {
+            let by_asn = IntGaugeVec::new(
+                opts(
+                    "geoip_connections_by_asn",
+                    "TCP connections now ESTABLISHED, by the remote end's autonomous system (number and organisation; the busiest --labels.asn-limit, the rest as other, no answer as unknown) and who opened them.",
+                ),
+                &["asn", "as_org", "direction"],
+            )?;
+            registry.register(Box::new(by_asn.clone()))?;
+            families.by_asn = Some(by_asn);
+        }
+        if wanted.city {
+            let by_city = IntGaugeVec::new(
+                opts(
+                    "geoip_connections_by_city",
+                    "TCP connections now ESTABLISHED, by the remote end's city (the busiest --labels.city-limit; the rest of each country as other, no answer as unknown) and who opened them.",
+                ),
+                &["country", "city", "direction"],
+            )?;
+            let city_location = IntGaugeVec::new(
+                opts(
+                    "geoip_city_location_info",
+                    "Where each city of geoip_connections_by_city lies (degrees, WGS 84), for map markers; always 1.",
+                ),
+                &["country", "city", "latitude", "longitude"],
+            )?;
+            registry.register(Box::new(by_city.clone()))?;
+            registry.register(Box::new(city_location.clone()))?;
+            families.by_city = Some(by_city);
+            families.city_location = Some(city_location);
+        }
+        Ok(families)
+    }
+}
+
 impl Metrics {
     /// Create and register every metric. `legacy_job_location` adds the
     /// original tool's `job_location{location}` gauge.
+    #[cfg(any(test, feature = "bench"))]
     pub(crate) fn new(legacy_job_location: bool) -> Result<Self, prometheus::Error> {
+        Self::with_families(legacy_job_location, Wanted::default())
+    }
+
+    /// [`Self::new`], and the opt-in families `wanted`.
+    pub(crate) fn with_families(
+        legacy_job_location: bool,
+        wanted: Wanted,
+    ) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let labels = &["country", "direction"];
         let connections = IntGaugeVec::new(
@@ -183,16 +265,6 @@ impl Metrics {
             "geoip_exporter_database_build_timestamp_seconds",
             "Build time of the GeoIP database in use, as a Unix timestamp.",
         ))?;
-        let build_info = IntGaugeVec::new(
-            opts(
-                "geoip_exporter_build_info",
-                "A metric with a constant '1' value labeled by the exporter's version.",
-            ),
-            &["version"],
-        )?;
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
         for kind in ["open", "close"] {
             events_read.with_label_values(&[kind]);
         }
@@ -208,8 +280,9 @@ impl Metrics {
         registry.register(Box::new(lookup_errors.clone()))?;
         registry.register(Box::new(tracked.clone()))?;
         registry.register(Box::new(database_build.clone()))?;
+        let families = Families::new(wanted, &registry)?;
         let health = Health::new(&registry)?;
-        registry.register(Box::new(build_info))?;
+        registry.register(Box::new(build_info()?))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -219,6 +292,7 @@ impl Metrics {
             opened,
             closed,
             legacy,
+            families,
             events_read,
             events_undecodable,
             lookup_errors,
@@ -363,6 +437,9 @@ impl Metrics {
             metrics: self.clone(),
             series: HashMap::new(),
             locations: HashMap::new(),
+            asn_series: HashMap::new(),
+            city_series: HashMap::new(),
+            city_locations: HashMap::new(),
             events_open: self.events_read.with_label_values(&["open"]),
             events_close: self.events_read.with_label_values(&["close"]),
         }
@@ -429,6 +506,10 @@ pub(crate) struct Recorder {
     metrics: Metrics,
     series: HashMap<(Country, Direction), Series>,
     locations: HashMap<Country, IntGauge>,
+    asn_series: HashMap<(Slot, Direction), IntGauge>,
+    city_series: HashMap<(Country, Slot, Direction), IntGauge>,
+    /// The label values of each city slot's location series.
+    city_locations: HashMap<Slot, [String; 4]>,
     events_open: IntCounter,
     events_close: IntCounter,
 }
@@ -471,6 +552,112 @@ impl Recorder {
         s.closed.inc();
         self.location(country, -1);
         self.metrics.tracked.dec();
+    }
+
+    /// An ASN series changed by `delta`; `labels` (`asn`, `as_org`) are
+    /// asked for only when the series has no handle yet.
+    pub(crate) fn asn(
+        &mut self,
+        slot: Slot,
+        direction: Direction,
+        delta: i64,
+        labels: impl FnOnce() -> [String; 2],
+    ) {
+        let Some(family) = &self.metrics.families.by_asn else {
+            return;
+        };
+        self.asn_series
+            .entry((slot, direction))
+            .or_insert_with(|| {
+                let [asn, org] = labels();
+                family.with_label_values(&[asn.as_str(), org.as_str(), direction.as_str()])
+            })
+            .add(delta);
+    }
+
+    /// The ASN slot `slot` (showing `labels`) is free: its series go.
+    pub(crate) fn drop_asn(&mut self, slot: Slot, labels: &[String; 2]) {
+        let Some(family) = &self.metrics.families.by_asn else {
+            return;
+        };
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            self.asn_series.remove(&(slot, direction));
+            let _ = family.remove_label_values(&[
+                labels[0].as_str(),
+                labels[1].as_str(),
+                direction.as_str(),
+            ]);
+        }
+    }
+
+    /// A city series changed by `delta`; `name` is asked for only when the
+    /// series has no handle yet.
+    pub(crate) fn city(
+        &mut self,
+        country: Country,
+        slot: Slot,
+        direction: Direction,
+        delta: i64,
+        name: impl FnOnce() -> String,
+    ) {
+        let Some(family) = &self.metrics.families.by_city else {
+            return;
+        };
+        self.city_series
+            .entry((country, slot, direction))
+            .or_insert_with(|| {
+                family.with_label_values(&[country.as_str(), name().as_str(), direction.as_str()])
+            })
+            .add(delta);
+    }
+
+    /// The city slot `slot` shows `city`: its location series exists.
+    pub(crate) fn city_location(&mut self, slot: Slot, city: &City) {
+        let Some(family) = &self.metrics.families.city_location else {
+            return;
+        };
+        self.city_locations.entry(slot).or_insert_with(|| {
+            let labels = [
+                city.country.as_str().to_owned(),
+                city.name.to_string(),
+                format!("{:.4}", city.latitude),
+                format!("{:.4}", city.longitude),
+            ];
+            family
+                .with_label_values(&[
+                    labels[0].as_str(),
+                    labels[1].as_str(),
+                    labels[2].as_str(),
+                    labels[3].as_str(),
+                ])
+                .set(1);
+            labels
+        });
+    }
+
+    /// The city slot `slot` (showing `city`) is free: its series go.
+    pub(crate) fn drop_city(&mut self, slot: Slot, city: &City) {
+        if let Some(family) = &self.metrics.families.by_city {
+            for direction in [Direction::Inbound, Direction::Outbound] {
+                self.city_series.remove(&(city.country, slot, direction));
+                let _ = family.remove_label_values(&[
+                    city.country.as_str(),
+                    &city.name,
+                    direction.as_str(),
+                ]);
+            }
+        }
+        if let (Some(family), Some(labels)) = (
+            &self.metrics.families.city_location,
+            self.city_locations.remove(&slot),
+        ) {
+            let _ = family.remove_label_values(&[
+                labels[0].as_str(),
+                labels[1].as_str(),
+                labels[2].as_str(),
+                labels[3].as_str(),
+            ]);
+        }
     }
 
     pub(crate) fn event_read(&self, open: bool) {

@@ -1,11 +1,12 @@
-//! Reloading the GeoIP database without a restart: on SIGHUP, and when the
+//! Reloading the GeoIP databases without a restart: on SIGHUP, and when a
 //! file changes (inotify on its directory, so an atomic rename by
 //! geoipupdate, an in-place copy and the symlink swap of a Kubernetes `ConfigMap` are
 //! all seen).
 //!
-//! The new file is opened and checked on a blocking thread while the old
-//! database keeps serving; only a database that opens and has country data
-//! is handed to the event loop, which swaps it in between two batches. A
+//! Every database is opened and checked again on a blocking thread while
+//! the old ones keep serving; only a set that opens as at start-up (a
+//! country database, and the ASN and city databases `--labels` needs) is
+//! handed to the event loop, which swaps it in between two batches. A
 //! failed reload changes nothing but `geoip_exporter_database_reloads_total
 //! {result="failure"}` and the log.
 
@@ -26,7 +27,11 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::{geo::Geo, http::AppState, metrics::Metrics};
+use crate::{
+    geo::{Databases, Wants},
+    http::AppState,
+    metrics::Metrics,
+};
 
 /// Quiet time after the last change in the directory before the file is
 /// read: a copy in progress is not read half-written.
@@ -42,6 +47,11 @@ struct FileVersion {
     mtime_ns: i128,
 }
 
+/// The versions of every file of `paths`.
+fn versions(paths: &[PathBuf]) -> Vec<Option<FileVersion>> {
+    paths.iter().map(|p| version(p)).collect()
+}
+
 fn version(path: &Path) -> Option<FileVersion> {
     let m = std::fs::metadata(path).ok()?;
     Some(FileVersion {
@@ -54,8 +64,9 @@ fn version(path: &Path) -> Option<FileVersion> {
 
 /// Watches for reasons to reload and reloads; runs until aborted.
 pub(crate) struct Reloader {
-    pub(crate) path: PathBuf,
-    pub(crate) to_tracker: mpsc::Sender<Geo>,
+    pub(crate) paths: Vec<PathBuf>,
+    pub(crate) wants: Wants,
+    pub(crate) to_tracker: mpsc::Sender<Databases>,
     pub(crate) metrics: Metrics,
     pub(crate) state: AppState,
 }
@@ -69,14 +80,14 @@ impl Reloader {
                 None
             }
         };
-        let mut watch = match DirWatch::new(&self.path) {
+        let mut watch = match DirWatch::new(&self.paths) {
             Ok(w) => Some(w),
             Err(err) => {
-                tracing::warn!(path = %self.path.display(), error = %err, "cannot watch the database's directory; reload it with SIGHUP");
+                tracing::warn!(error = %err, "cannot watch the databases' directories; reload them with SIGHUP");
                 None
             }
         };
-        let mut last = version(&self.path);
+        let mut last = versions(&self.paths);
         loop {
             tokio::select! {
                 signalled = recv_hangup(hangup.as_mut()) => {
@@ -84,19 +95,27 @@ impl Reloader {
                         hangup = None;
                         continue;
                     }
-                    tracing::info!("SIGHUP received: reloading the GeoIP database");
-                    last = version(&self.path);
+                    tracing::info!("SIGHUP received: reloading the GeoIP databases");
+                    last = versions(&self.paths);
                     self.reload().await;
                 }
                 changed = wait_changed(watch.as_mut()) => {
                     if let Err(err) = changed {
-                        tracing::warn!(error = %err, "watching the database's directory failed; reload it with SIGHUP");
+                        tracing::warn!(error = %err, "watching the databases' directories failed; reload them with SIGHUP");
                         watch = None;
                         continue;
                     }
-                    let now = version(&self.path);
-                    if now.is_some() && now != last {
-                        tracing::info!(path = %self.path.display(), "the GeoIP database file changed: reloading");
+                    let now = versions(&self.paths);
+                    if now.iter().all(Option::is_some) && now != last {
+                        let changed = self
+                            .paths
+                            .iter()
+                            .zip(now.iter().zip(&last))
+                            .filter(|(_, (n, l))| n != l)
+                            .map(|(p, _)| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        tracing::info!(changed, "a GeoIP database file changed: reloading");
                         last = now;
                         self.reload().await;
                     }
@@ -106,12 +125,12 @@ impl Reloader {
     }
 
     async fn reload(&self) {
-        let path = self.path.clone();
-        let opened = tokio::task::spawn_blocking(move || Geo::open(&path)).await;
+        let (paths, wants) = (self.paths.clone(), self.wants);
+        let opened = tokio::task::spawn_blocking(move || Databases::open(&paths, wants)).await;
         match opened {
-            Ok(Ok(geo)) => {
-                let info = geo.info().clone();
-                if self.to_tracker.send(geo).await.is_err() {
+            Ok(Ok(dbs)) => {
+                let info = dbs.country.info().clone();
+                if self.to_tracker.send(dbs).await.is_err() {
                     return;
                 }
                 self.state.set_database(&info);
@@ -120,16 +139,16 @@ impl Reloader {
                     path = %info.path.display(),
                     database_type = %info.database_type,
                     build_epoch = info.build_epoch,
-                    "GeoIP database reloaded; connections that open from now on use it"
+                    "GeoIP databases reloaded; connections that open from now on use them"
                 );
             }
             Ok(Err(err)) => {
                 self.metrics.database_reloaded(None);
-                tracing::error!(error = %crate::error_chain(&err), "reloading the GeoIP database failed; still using the previous one");
+                tracing::error!(error = %crate::error_chain(&err), "reloading the GeoIP databases failed; still using the previous ones");
             }
             Err(err) => {
                 self.metrics.database_reloaded(None);
-                tracing::error!(error = %err, "reloading the GeoIP database failed; still using the previous one");
+                tracing::error!(error = %err, "reloading the GeoIP databases failed; still using the previous ones");
             }
         }
     }
@@ -149,18 +168,14 @@ async fn wait_changed(watch: Option<&mut DirWatch>) -> io::Result<()> {
     }
 }
 
-/// inotify on one directory: any file created, written, moved or deleted.
+/// inotify on the directories of some files: any file created, written,
+/// moved or deleted there.
 struct DirWatch {
     fd: AsyncFd<OwnedFd>,
 }
 
 impl DirWatch {
-    fn new(file: &Path) -> io::Result<Self> {
-        let dir = match file.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let dir = CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    fn new(files: &[PathBuf]) -> io::Result<Self> {
         // SAFETY: plain inotify_init1(2); the result is checked.
         let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
         if fd < 0 {
@@ -174,9 +189,17 @@ impl DirWatch {
             | libc::IN_CREATE
             | libc::IN_DELETE
             | libc::IN_ATTRIB;
-        // SAFETY: valid descriptor and NUL-terminated path.
-        if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), dir.as_ptr(), mask) } < 0 {
-            return Err(io::Error::last_os_error());
+        for file in files {
+            let dir = match file.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            let dir = CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+            // SAFETY: valid descriptor and NUL-terminated path (a directory
+            // watched twice is one watch).
+            if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), dir.as_ptr(), mask) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
         // SAFETY: the descriptor is owned by the AsyncFd and neither
         // replaced nor closed while registered.
@@ -233,7 +256,7 @@ mod tests {
         let file = dir.join("db.mmdb");
         std::fs::write(&file, b"one").unwrap();
         let before = version(&file);
-        let mut watch = DirWatch::new(&file).unwrap();
+        let mut watch = DirWatch::new(std::slice::from_ref(&file)).unwrap();
         let staged = dir.join("db.mmdb.new");
         std::fs::write(&staged, b"two!").unwrap();
         std::fs::rename(&staged, &file).unwrap();
@@ -266,7 +289,7 @@ mod tests {
         symlink("..data/db.mmdb", dir.join("db.mmdb")).unwrap();
         let file = dir.join("db.mmdb");
         let before = version(&file);
-        let mut watch = DirWatch::new(&file).unwrap();
+        let mut watch = DirWatch::new(std::slice::from_ref(&file)).unwrap();
         symlink("v2", dir.join("..data_tmp")).unwrap();
         std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
         tokio::time::timeout(Duration::from_secs(5), watch.changed())

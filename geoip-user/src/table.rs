@@ -10,7 +10,8 @@ use std::{
 use crate::{
     events::{Change, ConnKey, Direction, Event},
     filter::{Exclusions, from_canonical},
-    geo::{Country, Geo},
+    geo::{Country, Databases, Geo},
+    labels::{Labels, Slots},
     metrics::Recorder,
     snapshot::Snapshot,
 };
@@ -128,6 +129,9 @@ pub(crate) struct Tracker {
     /// Every tracked connection's addresses, kept only for
     /// `/api/v1/connections` (`--web.enable-connections-api`).
     addresses: Option<ByFingerprint<ConnKey>>,
+    /// The opt-in families (`--labels`), and every tracked connection's
+    /// slots in them.
+    labels: Option<(Labels, ByFingerprint<Slots>)>,
     exclusions: Exclusions,
     geo: Geo,
     recorder: Recorder,
@@ -145,6 +149,7 @@ impl Tracker {
             conns: ByFingerprint::default(),
             keys: RandomState::new(),
             addresses: None,
+            labels: None,
             exclusions,
             geo,
             recorder,
@@ -160,15 +165,33 @@ impl Tracker {
         self
     }
 
+    /// Also count connections in the opt-in families (`--labels`).
+    pub(crate) fn with_labels(mut self, labels: Option<Labels>) -> Self {
+        self.labels = labels.map(|l| (l, ByFingerprint::default()));
+        self
+    }
+
+    /// Let busier ASN and city values displace quiet ones (on a timer).
+    pub(crate) fn rerank(&mut self) {
+        if let Some((labels, _)) = &mut self.labels {
+            labels.rerank(&mut self.recorder);
+        }
+    }
+
     fn fingerprint(&self, key: &ConnKey) -> Fingerprint {
         self.keys.hash_one(key)
     }
 
-    /// Use `geo` for connections that open from now on. Connections
-    /// already tracked keep the country they were counted under, so that
-    /// each close uncounts exactly what its open counted.
-    pub(crate) fn replace_geo(&mut self, geo: Geo) -> Geo {
-        std::mem::replace(&mut self.geo, geo)
+    /// Use `dbs` for connections that open from now on. Connections
+    /// already tracked keep the country (and slots) they were counted
+    /// under, so that each close uncounts exactly what its open counted.
+    /// Returns the old country database (the others are dropped here: the
+    /// caller frees the big one off this task).
+    pub(crate) fn replace_databases(&mut self, dbs: Databases) -> Geo {
+        if let Some((labels, _)) = &mut self.labels {
+            labels.replace(dbs.asn, dbs.city);
+        }
+        std::mem::replace(&mut self.geo, dbs.country)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -246,6 +269,17 @@ impl Tracker {
                     entry.get_mut().direction = direction;
                     self.recorder.closed(old.country, old.direction);
                     self.recorder.opened(old.country, direction);
+                    if let Some((labels, slots)) = &mut self.labels
+                        && let Some(s) = slots.get_mut(&fp)
+                    {
+                        labels.close(*s, old.country, old.direction, &mut self.recorder);
+                        *s = labels.open(
+                            from_canonical(key.remote),
+                            old.country,
+                            direction,
+                            &mut self.recorder,
+                        );
+                    }
                 }
                 Outcome::AlreadyTracked
             }
@@ -267,6 +301,15 @@ impl Tracker {
                     addresses.insert(fp, *key);
                 }
                 self.recorder.opened(country, direction);
+                if let Some((labels, slots)) = &mut self.labels {
+                    let s = labels.open(
+                        from_canonical(key.remote),
+                        country,
+                        direction,
+                        &mut self.recorder,
+                    );
+                    slots.insert(fp, s);
+                }
                 Outcome::Opened
             }
         }
@@ -279,6 +322,11 @@ impl Tracker {
                     addresses.remove(&fp);
                 }
                 self.recorder.closed(t.country, t.direction);
+                if let Some((labels, slots)) = &mut self.labels
+                    && let Some(s) = slots.remove(&fp)
+                {
+                    labels.close(s, t.country, t.direction, &mut self.recorder);
+                }
                 Outcome::Closed
             }
             None => Outcome::Untracked,
@@ -318,6 +366,7 @@ impl Tracker {
         let recorder = &mut self.recorder;
         let namespaces = &self.namespaces;
         let addresses = &mut self.addresses;
+        let labels = &mut self.labels;
         self.conns.retain(|fp, tracked| {
             let ns = tracked.netns;
             let covered = snapshot.scanned.contains(&ns)
@@ -336,6 +385,11 @@ impl Tracker {
                     addresses.remove(fp);
                 }
                 recorder.closed(tracked.country, tracked.direction);
+                if let Some((labels, slots)) = labels
+                    && let Some(s) = slots.remove(fp)
+                {
+                    labels.close(s, tracked.country, tracked.direction, recorder);
+                }
                 report.removed += 1;
             }
             !stale
@@ -761,7 +815,9 @@ mod tests {
         )
         .unwrap();
         w.write(&path).unwrap();
-        drop(t.replace_geo(Geo::open(&path).unwrap()));
+        drop(t.replace_databases(
+            Databases::open(std::slice::from_ref(&path), crate::geo::Wants::default()).unwrap(),
+        ));
         t.apply(&open(late, Direction::Outbound));
         assert_eq!(conns(&m, "DE", "outbound"), 1, "keeps its country");
         assert_eq!(conns(&m, "FR", "outbound"), 1, "uses the new database");

@@ -98,3 +98,85 @@ pub fn write_asn_database(path: &Path) {
     w.write(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
+
+/// Write an ASN database for the test hosts (GeoLite2-ASN layout): the DE
+/// networks are AS64500 "Deutsche Example", the JP ones AS64501 "Japan
+/// Example"; BR has no AS number.
+pub fn write_asn_labels_database(path: &Path) {
+    let mut w = Writer::new("GeoLite2-ASN", 6);
+    for (nets, asn, org) in [
+        (
+            ["192.0.2.0/25", "2001:db8:de::/48"],
+            64_500,
+            "Deutsche Example",
+        ),
+        (
+            ["198.51.100.0/24", "2001:db8:a::/48"],
+            64_501,
+            "Japan Example",
+        ),
+    ] {
+        for net in nets {
+            w.insert(
+                net,
+                Value::map([
+                    ("autonomous_system_number", Value::U32(asn)),
+                    ("autonomous_system_organization", Value::str(org)),
+                ]),
+            )
+            .unwrap_or_else(|e| panic!("{net}: {e}"));
+        }
+    }
+    w.write(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// Write a city database for the test hosts (GeoLite2-City layout): the
+/// DE networks are Berlin, the JP ones Tokyo; BR has no city.
+pub fn write_city_database(path: &Path) {
+    let mut w = Writer::new("GeoLite2-City", 6);
+    for (nets, code, city, latitude, longitude) in [
+        (
+            ["192.0.2.0/25", "2001:db8:de::/48"],
+            "DE",
+            "Berlin",
+            52.5244,
+            13.4105,
+        ),
+        (
+            ["198.51.100.0/24", "2001:db8:a::/48"],
+            "JP",
+            "Tokyo",
+            35.6895,
+            139.6917,
+        ),
+    ] {
+        for net in nets {
+            w.insert(
+                net,
+                Value::map([
+                    (
+                        "city",
+                        Value::map([("names", Value::map([("en", Value::str(city))]))]),
+                    ),
+                    ("country", Value::map([("iso_code", Value::str(code))])),
+                    (
+                        "location",
+                        Value::map([
+                            ("latitude", Value::Double(latitude)),
+                            ("longitude", Value::Double(longitude)),
+                        ]),
+                    ),
+                ]),
+            )
+            .unwrap_or_else(|e| panic!("{net}: {e}"));
+        }
+    }
+    w.insert(
+        "203.0.113.0/24",
+        Value::map([("country", Value::map([("iso_code", Value::str("BR"))]))]),
+    )
+    .unwrap_or_else(|e| panic!("BR: {e}"));
+    w.write(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}

@@ -1,0 +1,375 @@
+//! The opt-in families beyond the country (`--labels asn`, `--labels
+//! city`): which network operator (autonomous system) and which city each
+//! connection is with, each label capped to its busiest values
+//! ([`crate::cap`]).
+//!
+//! A connection is looked up once, when it opens; the slots it is counted
+//! under are kept with it (4 bytes) until it closes, so every series
+//! counts up and down exactly once per connection, whatever the databases
+//! or the capped sets do meanwhile.
+
+use std::net::IpAddr;
+
+use crate::{
+    cap::{Capped, OTHER, Slot},
+    events::Direction,
+    geo::{AsInfo, City, Country, Decode, Records},
+    metrics::Recorder,
+};
+
+/// A connection whose database had no answer: a series of its own, never
+/// capped.
+pub(crate) const UNKNOWN: Slot = Slot::MAX;
+
+/// The slots one connection is counted under.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Slots {
+    asn: Slot,
+    city: Slot,
+}
+
+/// How many values of each label get a series of their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Caps {
+    pub(crate) asn: usize,
+    pub(crate) city: usize,
+}
+
+/// One capped family: its database and its busiest values.
+struct Family<T> {
+    db: Records<T>,
+    capped: Capped<T>,
+}
+
+impl<T: Decode> Family<T> {
+    fn new(db: Records<T>, limit: usize) -> Self {
+        Self {
+            db,
+            capped: Capped::new(limit),
+        }
+    }
+
+    /// The slot of a connection with `remote`.
+    fn open(&mut self, remote: IpAddr, recorder: &Recorder) -> Slot {
+        match self.db.lookup(remote) {
+            Ok(Some(value)) => self.capped.open(&value),
+            Ok(None) => UNKNOWN,
+            Err(err) => {
+                tracing::debug!(error = %err, "lookup failed; counting as unknown");
+                recorder.lookup_error();
+                UNKNOWN
+            }
+        }
+    }
+
+    /// The value `slot` shows; `None` for `other` and `unknown`.
+    fn value(&self, slot: Slot) -> Option<&T> {
+        if slot == UNKNOWN {
+            return None;
+        }
+        self.capped.value(slot)
+    }
+}
+
+/// The opt-in families.
+pub(crate) struct Labels {
+    asn: Option<Family<AsInfo>>,
+    city: Option<Family<City>>,
+}
+
+impl Labels {
+    /// `None` when no family is wanted.
+    pub(crate) fn new(
+        asn: Option<Records<AsInfo>>,
+        city: Option<Records<City>>,
+        caps: Caps,
+    ) -> Option<Self> {
+        if asn.is_none() && city.is_none() {
+            return None;
+        }
+        Some(Self {
+            asn: asn.map(|db| Family::new(db, caps.asn)),
+            city: city.map(|db| Family::new(db, caps.city)),
+        })
+    }
+
+    /// Use these databases for connections that open from now on (a
+    /// reload); connections already counted keep their slots.
+    pub(crate) fn replace(&mut self, asn: Option<Records<AsInfo>>, city: Option<Records<City>>) {
+        if let (Some(family), Some(db)) = (&mut self.asn, asn) {
+            family.db = db;
+        }
+        if let (Some(family), Some(db)) = (&mut self.city, city) {
+            family.db = db;
+        }
+    }
+
+    /// A connection with `remote` (in `country`) opened: count it, and
+    /// the slots to close it with.
+    pub(crate) fn open(
+        &mut self,
+        remote: IpAddr,
+        country: Country,
+        direction: Direction,
+        recorder: &mut Recorder,
+    ) -> Slots {
+        let mut slots = Slots::default();
+        if let Some(family) = &mut self.asn {
+            slots.asn = family.open(remote, recorder);
+            let value = family.value(slots.asn);
+            recorder.asn(slots.asn, direction, 1, || asn_labels(value, slots.asn));
+        }
+        if let Some(family) = &mut self.city {
+            slots.city = family.open(remote, recorder);
+            let city = family.value(slots.city);
+            recorder.city(
+                city_country(city, country),
+                slots.city,
+                direction,
+                1,
+                || city_name(city, slots.city),
+            );
+            if let Some(city) = city {
+                recorder.city_location(slots.city, city);
+            }
+        }
+        slots
+    }
+
+    /// A connection counted under `slots` (in `country`) closed.
+    pub(crate) fn close(
+        &mut self,
+        slots: Slots,
+        country: Country,
+        direction: Direction,
+        recorder: &mut Recorder,
+    ) {
+        if let Some(family) = &mut self.asn {
+            let value = family.value(slots.asn);
+            recorder.asn(slots.asn, direction, -1, || asn_labels(value, slots.asn));
+            if slots.asn != UNKNOWN
+                && let Some(freed) = family.capped.close(slots.asn)
+            {
+                recorder.drop_asn(slots.asn, &asn_labels(Some(&freed), slots.asn));
+            }
+        }
+        if let Some(family) = &mut self.city {
+            let city = family.value(slots.city);
+            let shown = city_country(city, country);
+            recorder.city(shown, slots.city, direction, -1, || {
+                city_name(city, slots.city)
+            });
+            if slots.city != UNKNOWN
+                && let Some(freed) = family.capped.close(slots.city)
+            {
+                recorder.drop_city(slots.city, &freed);
+            }
+        }
+    }
+
+    /// Let busier values displace quiet ones (on a timer, minutes apart);
+    /// the series of slots freed go.
+    pub(crate) fn rerank(&mut self, recorder: &mut Recorder) {
+        if let Some(family) = &mut self.asn {
+            for (slot, freed) in family.capped.rerank() {
+                recorder.drop_asn(slot, &asn_labels(Some(&freed), slot));
+            }
+        }
+        if let Some(family) = &mut self.city {
+            for (slot, freed) in family.capped.rerank() {
+                recorder.drop_city(slot, &freed);
+            }
+        }
+    }
+}
+
+/// The `asn` and `as_org` label values of a slot.
+fn asn_labels(value: Option<&AsInfo>, slot: Slot) -> [String; 2] {
+    match value {
+        Some(a) => [a.number.to_string(), a.org.to_string()],
+        None if slot == UNKNOWN => ["unknown".to_owned(), "unknown".to_owned()],
+        None => {
+            debug_assert_eq!(slot, OTHER);
+            ["other".to_owned(), "other".to_owned()]
+        }
+    }
+}
+
+/// The `country` of a city series: the city's own, or the connection's
+/// for `other` and `unknown`.
+fn city_country(city: Option<&City>, connection: Country) -> Country {
+    city.map_or(connection, |c| c.country)
+}
+
+/// The `city` label value of a slot.
+fn city_name(city: Option<&City>, slot: Slot) -> String {
+    match city {
+        Some(c) => c.name.to_string(),
+        None if slot == UNKNOWN => "unknown".to_owned(),
+        None => "other".to_owned(),
+    }
+}
+
+const _: () = assert!(size_of::<Slots>() == 4);
+
+#[cfg(test)]
+mod tests {
+    use geoip_tests::mmdb::{Value, Writer};
+
+    use super::*;
+    use crate::metrics::{Metrics, Wanted};
+
+    /// One database with AS numbers and cities: a quarter of 192.0.2.0/24
+    /// each for three systems and cities, the last quarter unknown.
+    fn databases() -> (Records<AsInfo>, Records<City>) {
+        let mut w = Writer::new("test", 6);
+        for (net, asn, org, city, cc) in [
+            ("192.0.2.0/26", 64_500, "Alpha", "Berlin", "DE"),
+            ("192.0.2.64/26", 64_501, "Beta", "Tokyo", "JP"),
+            ("192.0.2.128/26", 64_502, "Gamma", "Paris", "FR"),
+        ] {
+            w.insert(
+                net,
+                Value::map([
+                    ("autonomous_system_number", Value::U32(asn)),
+                    ("autonomous_system_organization", Value::str(org)),
+                    ("city", Value::str(city)),
+                    ("country_code", Value::str(cc)),
+                    ("latitude", Value::Double(1.5)),
+                    ("longitude", Value::Double(-2.25)),
+                ]),
+            )
+            .unwrap();
+        }
+        let bytes = w.to_bytes().unwrap();
+        let reader = || maxminddb::Reader::from_source(bytes.clone()).unwrap();
+        let info = crate::geo::DatabaseInfo::of(&reader(), std::path::Path::new("/t.mmdb"));
+        (
+            Records::new(info.clone(), reader()),
+            Records::new(info, reader()),
+        )
+    }
+
+    fn value(text: &str, series: &str) -> Option<i64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    #[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
+    fn capped_families_count_each_connection_once_and_drop_freed_series() {
+        let m = Metrics::with_families(
+            false,
+            Wanted {
+                asn: true,
+                city: true,
+            },
+        )
+        .unwrap();
+        let mut r = m.recorder();
+        let (asn, city) = databases();
+        let mut l = Labels::new(Some(asn), Some(city), Caps { asn: 2, city: 2 }).unwrap();
+        let out = Direction::Outbound;
+        let de = Country::from_code("DE");
+        let open = |l: &mut Labels, r: &mut Recorder, ip: &str, cc: Country| {
+            l.open(ip.parse().unwrap(), cc, out, r)
+        };
+        let alpha = open(&mut l, &mut r, "192.0.2.1", de);
+        let _beta = open(&mut l, &mut r, "192.0.2.65", Country::from_code("JP"));
+        let gamma = open(&mut l, &mut r, "192.0.2.129", Country::from_code("FR"));
+        let _unknown = open(&mut l, &mut r, "192.0.2.200", Country::from_code("NL"));
+        let text = m.render().unwrap();
+        for (series, want) in [
+            (
+                r#"geoip_connections_by_asn{as_org="Alpha",asn="64500",direction="outbound"}"#,
+                1,
+            ),
+            (
+                r#"geoip_connections_by_asn{as_org="Beta",asn="64501",direction="outbound"}"#,
+                1,
+            ),
+            (
+                r#"geoip_connections_by_asn{as_org="other",asn="other",direction="outbound"}"#,
+                1,
+            ),
+            (
+                r#"geoip_connections_by_asn{as_org="unknown",asn="unknown",direction="outbound"}"#,
+                1,
+            ),
+            (
+                r#"geoip_connections_by_city{city="Berlin",country="DE",direction="outbound"}"#,
+                1,
+            ),
+            (
+                r#"geoip_connections_by_city{city="Tokyo",country="JP",direction="outbound"}"#,
+                1,
+            ),
+            (
+                r#"geoip_connections_by_city{city="other",country="FR",direction="outbound"}"#,
+                1,
+            ),
+            (
+                r#"geoip_connections_by_city{city="unknown",country="NL",direction="outbound"}"#,
+                1,
+            ),
+            (
+                r#"geoip_city_location_info{city="Berlin",country="DE",latitude="1.5000",longitude="-2.2500"}"#,
+                1,
+            ),
+        ] {
+            assert_eq!(value(&text, series), Some(want), "{series} in\n{text}");
+        }
+        assert!(
+            !text.contains("Gamma") && !text.contains("Paris"),
+            "capped:\n{text}"
+        );
+
+        // Alpha closes (its series stays at 0: still a member), then
+        // Gamma gets much busier; at the next rerank it displaces Alpha,
+        // whose series go.
+        l.close(alpha, de, out, &mut r);
+        l.close(gamma, Country::from_code("FR"), out, &mut r);
+        let text = m.render().unwrap();
+        assert_eq!(
+            value(
+                &text,
+                r#"geoip_connections_by_asn{as_org="Alpha",asn="64500",direction="outbound"}"#
+            ),
+            Some(0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"geoip_connections_by_asn{as_org="other",asn="other",direction="outbound"}"#
+            ),
+            Some(0),
+            "Gamma's close uncounts other, where it was counted"
+        );
+        for _ in 0..6 {
+            let s = open(&mut l, &mut r, "192.0.2.130", Country::from_code("FR"));
+            l.close(s, Country::from_code("FR"), out, &mut r);
+        }
+        l.rerank(&mut r);
+        let g = open(&mut l, &mut r, "192.0.2.131", Country::from_code("FR"));
+        let text = m.render().unwrap();
+        assert!(
+            !text.contains("Alpha") && !text.contains("Berlin"),
+            "freed:\n{text}"
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"geoip_connections_by_asn{as_org="Gamma",asn="64502",direction="outbound"}"#
+            ),
+            Some(1)
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"geoip_connections_by_city{city="Paris",country="FR",direction="outbound"}"#
+            ),
+            Some(1)
+        );
+        l.close(g, Country::from_code("FR"), out, &mut r);
+    }
+}

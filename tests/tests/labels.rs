@@ -1,0 +1,181 @@
+//! The opt-in families (`--labels asn,city`), as root against the real
+//! kernel: exact series for connections to test hosts, the caps forced
+//! with more distinct values than the limit, and the database checks.
+
+use std::{collections::BTreeMap, net::TcpStream};
+
+use bcrypt as _;
+use geoip_tests::{
+    exporter::{Exporter, Samples, promtool_check_metrics, run_to_exit, temp_dir},
+    fixtures::{
+        BR_V4, DE_V4, DE_V6, JP_V4, write_asn_labels_database, write_city_database, write_database,
+    },
+    netns::{TestNet, sock},
+};
+use geoip_user as _;
+use libc as _;
+use maxminddb as _;
+use serde as _;
+use serde_json as _;
+
+const PORT: u16 = 8444;
+
+/// The samples of `family`, keyed by their labels.
+fn family(samples: &Samples, name: &str) -> BTreeMap<String, f64> {
+    samples
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(name)?.strip_prefix('{')?.to_owned(), *v)))
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (format!("{{{k}"), v))
+        .collect()
+}
+
+fn asn(org: &str, asn: &str, direction: &str) -> String {
+    format!("{{as_org=\"{org}\",asn=\"{asn}\",direction=\"{direction}\"}}")
+}
+
+fn city(city: &str, country: &str, direction: &str) -> String {
+    format!("{{city=\"{city}\",country=\"{country}\",direction=\"{direction}\"}}")
+}
+
+fn expect(pairs: &[(String, f64)]) -> BTreeMap<String, f64> {
+    pairs.iter().cloned().collect()
+}
+
+/// With limits of one: the value seen first gets its series (a
+/// connection that existed at start-up), every other known one counts as
+/// `other`, a host without an answer as `unknown`; closes uncount exactly
+/// what the opens counted.
+#[test]
+fn asn_and_city_families_are_exact_and_capped() {
+    let dir = temp_dir("labels");
+    let (country_db, asn_db, city_db) = (
+        dir.join("country.mmdb"),
+        dir.join("asn.mmdb"),
+        dir.join("city.mmdb"),
+    );
+    write_database(&country_db);
+    write_asn_labels_database(&asn_db);
+    write_city_database(&city_db);
+    let net = TestNet::create("labels", &[DE_V4, DE_V6, JP_V4, BR_V4]);
+    let _server = net.serve(PORT);
+    // Before start-up: JP, found by the snapshot, first to get a slot.
+    let jp = net.connect_to(sock(JP_V4, PORT));
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_owned();
+    let exporter = Exporter::start(
+        &dir,
+        &[
+            "--geoip.database",
+            &path(&country_db),
+            "--geoip.database",
+            &path(&asn_db),
+            "--geoip.database",
+            &path(&city_db),
+            "--labels=asn,city",
+            "--labels.asn-limit=1",
+            "--labels.city-limit=1",
+        ],
+    );
+    let de: Vec<TcpStream> = [DE_V4, DE_V6]
+        .iter()
+        .map(|h| net.connect_to(sock(h, PORT)))
+        .collect();
+    let br = net.connect_to(sock(BR_V4, PORT));
+    let all =
+        exporter.wait_for(|s| s.get("geoip_exporter_connections_tracked").copied() >= Some(4.0));
+    assert_eq!(
+        family(&all, "geoip_connections_by_asn"),
+        expect(&[
+            (asn("Japan Example", "64501", "outbound"), 1.0),
+            (asn("other", "other", "outbound"), 2.0),
+            (asn("unknown", "unknown", "outbound"), 1.0),
+        ]),
+        "by ASN"
+    );
+    assert_eq!(
+        family(&all, "geoip_connections_by_city"),
+        expect(&[
+            (city("Tokyo", "JP", "outbound"), 1.0),
+            (city("other", "DE", "outbound"), 2.0),
+            (city("unknown", "BR", "outbound"), 1.0),
+        ]),
+        "by city"
+    );
+    assert_eq!(
+        family(&all, "geoip_city_location_info"),
+        expect(&[(
+            "{city=\"Tokyo\",country=\"JP\",latitude=\"35.6895\",longitude=\"139.6917\"}"
+                .to_owned(),
+            1.0
+        )]),
+        "only shown cities have a location"
+    );
+    // The country families are as without --labels.
+    assert_eq!(
+        all.get("geoip_connections{country=\"DE\",direction=\"outbound\"}"),
+        Some(&2.0)
+    );
+    let text = exporter.scrape();
+    let lint = promtool_check_metrics(&text);
+    assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
+
+    drop(de);
+    drop((jp, br));
+    let closed =
+        exporter.wait_for(|s| s.get("geoip_exporter_connections_tracked").copied() == Some(0.0));
+    assert!(
+        family(&closed, "geoip_connections_by_asn")
+            .values()
+            .chain(family(&closed, "geoip_connections_by_city").values())
+            .all(|v| *v == 0.0),
+        "every close uncounted its open: {closed:#?}"
+    );
+    assert_eq!(exporter.stop(libc::SIGTERM).code(), Some(0));
+}
+
+/// What `--labels` needs must be given, once, and be what it claims.
+#[test]
+fn labels_without_their_database_are_usage_errors() {
+    let dir = temp_dir("labels-bad");
+    let (country_db, asn_db) = (dir.join("country.mmdb"), dir.join("asn.mmdb"));
+    write_database(&country_db);
+    write_asn_labels_database(&asn_db);
+    let listen = format!(
+        "--web.listen-address=127.0.0.1:{}",
+        geoip_tests::exporter::free_port()
+    );
+    let c = country_db.to_str().expect("utf-8");
+    let a = asn_db.to_str().expect("utf-8");
+    for (args, needle) in [
+        (
+            vec!["--geoip.database", c, "--labels", "asn"],
+            "--labels asn needs an ASN database",
+        ),
+        (
+            vec![
+                "--geoip.database",
+                c,
+                "--geoip.database",
+                a,
+                "--labels",
+                "city",
+            ],
+            "--labels city needs a city database",
+        ),
+        (
+            vec!["--geoip.database", a, "--geoip.database", a],
+            "two ASN databases given",
+        ),
+        (
+            vec!["--geoip.database", c, "--labels", "asn,colour"],
+            "colour",
+        ),
+    ] {
+        let mut full = args.clone();
+        full.push(&listen);
+        let out = run_to_exit(&full);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
