@@ -83,6 +83,89 @@ pub mod tcp_state {
 pub const KIND_OPEN: u8 = 1;
 /// [`ConnEvent::kind`]: the connection left ESTABLISHED.
 pub const KIND_CLOSE: u8 = 2;
+/// [`ConnEvent::kind`]: a connection that had left ESTABLISHED reached
+/// CLOSE (the socket is gone); only with [`feature::BYTES`], to account
+/// the bytes of its closing handshake.
+pub const KIND_FINAL: u8 = 3;
+
+/// [`ConnEvent::flags`]: the socket reached CLOSE: its byte counts are its
+/// last.
+pub const FLAG_FINAL: u8 = 1;
+/// [`ConnEvent::flags`]: the peer's FIN was received (it takes one number
+/// of `bytes_received`).
+pub const FLAG_FIN_RECEIVED: u8 = 2;
+/// [`ConnEvent::flags`]: our FIN was acknowledged (it takes one number of
+/// `bytes_acked`).
+pub const FLAG_FIN_ACKED: u8 = 4;
+
+/// What the kernel program reports beyond opens and closes, each opt-in
+/// (the daemon sets [`FEATURES_GLOBAL`] before loading; the verifier
+/// drops the code of the features that are off). With any on, every
+/// record is a [`ConnEventExt`].
+pub mod feature {
+    /// The process name (comm) of an outbound connection, captured at
+    /// `connect()`.
+    pub const COMM: u32 = 1;
+    /// The monotonic time of every event.
+    pub const TIME: u32 = 2;
+    /// The socket's byte counters at a close, and a [`super::KIND_FINAL`]
+    /// record when it reaches CLOSE.
+    pub const BYTES: u32 = 4;
+}
+
+/// Name of the global (`u32`) holding the [`feature`] bits.
+pub const FEATURES_GLOBAL: &str = "FEATURES";
+/// Name of the global holding the [`TcpLayout`].
+pub const TCP_LAYOUT_GLOBAL: &str = "TCP_LAYOUT";
+/// Name of the LRU hash map (socket address -> comm) of connects in
+/// progress, for [`feature::COMM`].
+pub const CONNECTING_MAP: &str = "CONNECTING";
+
+/// Where the byte counters sit in this kernel's `struct tcp_sock` (found
+/// in its BTF at load time): the program reads the `span` bytes from
+/// `span_start` at once, and the four fields at their offsets in it;
+/// `sk_shutdown` is a byte of `struct sock`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct TcpLayout {
+    pub span_start: u32,
+    pub span: u32,
+    pub shutdown: u32,
+    pub write_seq: u16,
+    pub snd_una: u16,
+    pub bytes_received: u16,
+    pub bytes_acked: u16,
+    pub reserved: u32,
+}
+
+const _: () = assert!(size_of::<TcpLayout>() == 24);
+
+/// The most bytes of `struct tcp_sock` read at once for [`TcpLayout`].
+pub const TCP_SPAN_MAX: u32 = 512;
+
+impl TcpLayout {
+    /// Byte counters not read.
+    pub const NONE: Self = Self {
+        span_start: 0,
+        span: 0,
+        shutdown: 0,
+        write_seq: 0,
+        snd_una: 0,
+        bytes_received: 0,
+        bytes_acked: 0,
+        reserved: 0,
+    };
+}
+
+#[cfg(feature = "user")]
+// SAFETY: `TcpLayout` is `#[repr(C)]`, `Copy`, has no padding and every
+// bit pattern is valid.
+unsafe impl aya::Pod for TcpLayout {}
+
+/// `sk_shutdown` bits (`include/net/sock.h`).
+pub const RCV_SHUTDOWN: u8 = 1;
+pub const SEND_SHUTDOWN: u8 = 2;
 
 /// [`ConnEvent::direction`]: not known (a close event).
 pub const DIRECTION_UNKNOWN: u8 = 0;
@@ -108,6 +191,22 @@ pub const fn classify(oldstate: i32, newstate: i32) -> Option<(u8, u8)> {
     } else {
         None
     }
+}
+
+/// Whether a transition is a connection that had left ESTABLISHED
+/// reaching CLOSE: the end of its closing handshake ([`KIND_FINAL`]).
+#[must_use]
+#[inline]
+pub const fn is_final(oldstate: i32, newstate: i32) -> bool {
+    newstate == tcp_state::CLOSE
+        && matches!(
+            oldstate,
+            tcp_state::FIN_WAIT1
+                | tcp_state::FIN_WAIT2
+                | tcp_state::CLOSING
+                | tcp_state::CLOSE_WAIT
+                | tcp_state::LAST_ACK
+        )
 }
 
 /// Whether connections with this remote IPv4 address are never counted:
@@ -192,10 +291,33 @@ pub struct ConnEvent {
     pub kind: u8,
     /// One of the `DIRECTION_*` constants.
     pub direction: u8,
-    pub _pad: [u8; 4],
+    /// `FLAG_*` bits (with [`feature::BYTES`]).
+    pub flags: u8,
+    pub _pad: [u8; 3],
 }
 
 const _: () = assert!(size_of::<ConnEvent>() == 48);
+
+/// A [`ConnEvent`] with what the opt-in [`feature`]s report; every record
+/// is one of these when any feature is on. A field whose feature is off,
+/// or that the event has not (a comm but on outbound opens, bytes but on
+/// closes), is zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ConnEventExt {
+    pub base: ConnEvent,
+    /// `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`) at the event ([`feature::TIME`]).
+    pub time_ns: u64,
+    /// `tcp_sock.bytes_received` ([`feature::BYTES`]).
+    pub bytes_received: u64,
+    /// `tcp_sock.bytes_acked` ([`feature::BYTES`]).
+    pub bytes_acked: u64,
+    /// The connecting process's name, NUL-padded ([`feature::COMM`]).
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(size_of::<ConnEventExt>() == 88);
 
 /// The bytes of a [`ConnEvent`] address, in network order.
 #[must_use]
@@ -236,8 +358,11 @@ pub const fn address_words(bytes: [u8; 16]) -> [u64; 2] {
     ]
 }
 /// Bytes one event takes in the ring buffer: the kernel's 8-byte record
-/// header, then the event (a multiple of 8 bytes).
+/// header, then the event (a multiple of 8 bytes); more with features
+/// ([`RING_RECORD_EXT_BYTES`]).
 pub const RING_RECORD_BYTES: u64 = 8 + size_of::<ConnEvent>() as u64;
+/// [`RING_RECORD_BYTES`] of a [`ConnEventExt`].
+pub const RING_RECORD_EXT_BYTES: u64 = 8 + size_of::<ConnEventExt>() as u64;
 
 /// Byte offsets of the fields of the `sock/inet_sock_set_state` record, as
 /// tracefs describes them (`events/sock/inet_sock_set_state/format`).

@@ -9,6 +9,14 @@
 //! later). An event that does not fit is counted in the per-CPU `LOST` array.
 //! Nothing is logged on this path.
 //!
+//! With opt-in features (the `FEATURES` global, see
+//! `geoip_common::feature`; the verifier drops the code of those that are
+//! off) every record is a `ConnEventExt`: the time of the event, the
+//! socket's byte counters at a close and when it finally reaches CLOSE
+//! (`KIND_FINAL`), and the process that made an outbound connection
+//! (its comm is kept in the `CONNECTING` LRU map from `connect()`, in the
+//! process's context, until the handshake completes, in softirq).
+//!
 //! It comes in two builds of the same code: `inet_sock_set_state` reads the
 //! record with plain loads at the offsets every kernel since 4.16 has, and
 //! `inet_sock_set_state_any_layout` through `bpf_probe_read_kernel` at the
@@ -20,15 +28,17 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::bpf_probe_read_kernel,
+    helpers::{bpf_get_current_comm, bpf_probe_read_kernel, generated},
     macros::{map, tracepoint},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use geoip_common::{
-    AF_INET, AF_INET6, ConnEvent, DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES, IPPROTO_TCP,
-    RING_RECORD_BYTES, SockLayout, TracepointLayout, WAKE_ON_FIRST, address_bytes,
-    always_excluded_v4, always_excluded_v6, classify,
+    AF_INET, AF_INET6, ConnEvent, ConnEventExt, DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES,
+    DIRECTION_OUTBOUND, DIRECTION_UNKNOWN, FLAG_FIN_ACKED, FLAG_FIN_RECEIVED, FLAG_FINAL,
+    IPPROTO_TCP, KIND_FINAL, KIND_OPEN, RCV_SHUTDOWN, RING_RECORD_BYTES, RING_RECORD_EXT_BYTES,
+    SEND_SHUTDOWN, SockLayout, TCP_SPAN_MAX, TcpLayout, TracepointLayout, WAKE_ON_FIRST,
+    address_bytes, always_excluded_v4, always_excluded_v6, classify, feature, is_final, tcp_state,
 };
 
 #[map(name = "EVENTS")]
@@ -39,6 +49,26 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "CONTROL")]
 static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Outbound connects in progress: socket address -> the comm of the
+/// process that called `connect()` ([`feature::COMM`]; user space sizes
+/// it, to one entry when the feature is off).
+#[map(name = "CONNECTING")]
+static CONNECTING: LruHashMap<u64, [u8; 16]> = LruHashMap::with_max_entries(1, 0);
+
+/// Where the span of `struct tcp_sock` with the byte counters is read to
+/// ([`feature::BYTES`]).
+#[map(name = "TCP_SCRATCH")]
+static TCP_SCRATCH: PerCpuArray<[u8; TCP_SPAN_MAX as usize]> = PerCpuArray::with_max_entries(1, 0);
+
+/// `geoip_common::feature` bits; user space sets them before loading.
+#[unsafe(no_mangle)]
+static FEATURES: u32 = 0;
+
+/// Where the byte counters sit in this kernel's `struct tcp_sock` (from its
+/// BTF); user space sets it with [`feature::BYTES`].
+#[unsafe(no_mangle)]
+static TCP_LAYOUT: TcpLayout = TcpLayout::NONE;
 
 /// Field offsets of the tracepoint record; user space overwrites this with
 /// what tracefs says before loading.
@@ -151,8 +181,25 @@ fn try_handle(ctx: &TracePointContext, f: &impl Fields) -> Result<(), i32> {
     }
     let oldstate: i32 = unsafe { f.read(ctx, |l| l.oldstate)? };
     let newstate: i32 = unsafe { f.read(ctx, |l| l.newstate)? };
-    let Some((kind, direction)) = classify(oldstate, newstate) else {
-        return Ok(());
+    let features = features();
+    let (kind, direction) = match classify(oldstate, newstate) {
+        Some(what) => what,
+        None if features & feature::BYTES != 0 && is_final(oldstate, newstate) => {
+            (KIND_FINAL, DIRECTION_UNKNOWN)
+        }
+        None if features & feature::COMM != 0 && oldstate == tcp_state::SYN_SENT => {
+            // A connect that failed: its comm is no longer wanted.
+            if newstate == tcp_state::CLOSE {
+                let sock: u64 = unsafe { f.read(ctx, |l| l.skaddr)? };
+                let _ = CONNECTING.remove(&sock);
+            }
+            return Ok(());
+        }
+        None if features & feature::COMM != 0 && newstate == tcp_state::SYN_SENT => {
+            // connect(), in the calling process: remember who it is.
+            (KIND_OPEN, DIRECTION_UNKNOWN)
+        }
+        None => return Ok(()),
     };
     let family: u16 = unsafe { f.read(ctx, |l| l.family)? };
     let (saddr, daddr) = match family {
@@ -183,6 +230,13 @@ fn try_handle(ctx: &TracePointContext, f: &impl Fields) -> Result<(), i32> {
         return Ok(());
     }
     let sock: u64 = unsafe { f.read(ctx, |l| l.skaddr)? };
+    if kind == KIND_OPEN && direction == DIRECTION_UNKNOWN {
+        // connect() (only with feature::COMM): no record yet.
+        if let Ok(comm) = bpf_get_current_comm() {
+            let _ = CONNECTING.insert(&sock, &comm, 0);
+        }
+        return Ok(());
+    }
     let event = ConnEvent {
         saddr,
         daddr,
@@ -192,12 +246,25 @@ fn try_handle(ctx: &TracePointContext, f: &impl Fields) -> Result<(), i32> {
         family,
         kind,
         direction,
-        _pad: [0; 4],
+        flags: if newstate == tcp_state::CLOSE {
+            FLAG_FINAL
+        } else {
+            0
+        },
+        _pad: [0; 3],
     };
-    if let Some(mut slot) = EVENTS.reserve::<ConnEvent>(0) {
-        slot.write(event);
-        slot.submit(wakeup_flag());
-    } else if let Some(lost) = LOST.get_ptr_mut(0) {
+    if features == 0 {
+        if let Some(mut slot) = EVENTS.reserve::<ConnEvent>(0) {
+            slot.write(event);
+            slot.submit(wakeup_flag(RING_RECORD_BYTES));
+            return Ok(());
+        }
+    } else if let Some(mut slot) = EVENTS.reserve::<ConnEventExt>(0) {
+        slot.write(extended(event, sock, features));
+        slot.submit(wakeup_flag(RING_RECORD_EXT_BYTES));
+        return Ok(());
+    }
+    if let Some(lost) = LOST.get_ptr_mut(0) {
         // SAFETY: the slot belongs to this CPU and the program cannot be
         // preempted by itself on it.
         unsafe { *lost += 1 };
@@ -205,19 +272,107 @@ fn try_handle(ctx: &TracePointContext, f: &impl Fields) -> Result<(), i32> {
     Ok(())
 }
 
-/// Wake user space when the record just reserved took the waiting bytes
+#[inline(always)]
+fn features() -> u32 {
+    // SAFETY: reading a global that user space sets before loading.
+    unsafe { core::ptr::read_volatile(&raw const FEATURES) }
+}
+
+/// `event` with what the enabled `features` add.
+#[inline(always)]
+fn extended(mut event: ConnEvent, sock: u64, features: u32) -> ConnEventExt {
+    let mut ext = ConnEventExt {
+        base: event,
+        time_ns: 0,
+        bytes_received: 0,
+        bytes_acked: 0,
+        comm: [0; 16],
+    };
+    if features & feature::TIME != 0 {
+        // SAFETY: a helper without arguments.
+        ext.time_ns = unsafe { generated::bpf_ktime_get_ns() };
+    }
+    if features & feature::BYTES != 0 && event.kind != KIND_OPEN {
+        if let Some((received, acked, flags)) = byte_counters(sock) {
+            ext.bytes_received = received;
+            ext.bytes_acked = acked;
+            event.flags |= flags;
+            ext.base = event;
+        }
+    }
+    if features & feature::COMM != 0
+        && event.kind == KIND_OPEN
+        && event.direction == DIRECTION_OUTBOUND
+    {
+        // SAFETY: the value is read before the entry is removed, on this
+        // CPU, by the one program that writes it.
+        if let Some(comm) = unsafe { CONNECTING.get(&sock) } {
+            ext.comm = *comm;
+        }
+        let _ = CONNECTING.remove(&sock);
+    }
+    ext
+}
+
+/// `tcp_sock.bytes_received` and `.bytes_acked`, with `FLAG_FIN_*` for
+/// the FINs counted in them, read at the offsets user space found in BTF.
+#[inline(always)]
+fn byte_counters(sock: u64) -> Option<(u64, u64, u8)> {
+    // SAFETY: reading a global that user space sets before loading.
+    let l = unsafe { core::ptr::read_volatile(&raw const TCP_LAYOUT) };
+    if l.span == 0 || l.span > TCP_SPAN_MAX {
+        return None;
+    }
+    // SAFETY (both reads): `bpf_probe_read_kernel` of kernel memory; a bad
+    // address is an error, not a fault.
+    let shutdown: u8 =
+        unsafe { bpf_probe_read_kernel((sock + u64::from(l.shutdown)) as *const u8).ok()? };
+    let scratch = TCP_SCRATCH.get_ptr_mut(0)?;
+    let read = unsafe {
+        generated::bpf_probe_read_kernel(
+            scratch.cast(),
+            l.span,
+            (sock + u64::from(l.span_start)) as *const core::ffi::c_void,
+        )
+    };
+    if read != 0 {
+        return None;
+    }
+    // SAFETY: `scratch` is this CPU's buffer of TCP_SPAN_MAX bytes; each
+    // offset is checked to leave room for the field.
+    let at = |offset: u16, size: u32| -> Option<*const u8> {
+        (u32::from(offset) + size <= TCP_SPAN_MAX)
+            .then(|| unsafe { scratch.cast::<u8>().cast_const().add(usize::from(offset)) })
+    };
+    let read_u32 = |offset| at(offset, 4).map(|p| unsafe { p.cast::<u32>().read_unaligned() });
+    let read_u64 = |offset| at(offset, 8).map(|p| unsafe { p.cast::<u64>().read_unaligned() });
+    let write_seq = read_u32(l.write_seq)?;
+    let snd_una = read_u32(l.snd_una)?;
+    let received = read_u64(l.bytes_received)?;
+    let acked = read_u64(l.bytes_acked)?;
+    let mut flags = 0;
+    if shutdown & RCV_SHUTDOWN != 0 {
+        flags |= FLAG_FIN_RECEIVED;
+    }
+    if shutdown & SEND_SHUTDOWN != 0 && snd_una == write_seq {
+        flags |= FLAG_FIN_ACKED;
+    }
+    Some((received, acked, flags))
+}
+
+/// Wake user space when the record just reserved (of `record` bytes)
+/// took the waiting bytes
 /// across a multiple of `WAKEUP_BYTES` (it drains the ring on a timer, but
 /// the ring must not fill first), or, while it sleeps until woken (no
 /// events for a while), when this is the first record of an empty ring (the
 /// kernel's own rule for flags 0). Otherwise not: a wake-up is an interrupt.
 #[inline(always)]
-fn wakeup_flag() -> u64 {
+fn wakeup_flag(record: u64) -> u64 {
     // SAFETY: reading a global that user space sets before loading.
-    let every = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) }.max(RING_RECORD_BYTES);
+    let every = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) }.max(record);
     // Includes the record just reserved.
     let waiting = EVENTS.query(BPF_RB_AVAIL_DATA.into());
-    let crossed =
-        waiting >= every && waiting / every != waiting.saturating_sub(RING_RECORD_BYTES) / every;
+    let crossed = waiting >= every && waiting / every != waiting.saturating_sub(record) / every;
     if crossed {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else if CONTROL.get(0).is_some_and(|mode| *mode == WAKE_ON_FIRST) {

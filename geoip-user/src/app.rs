@@ -18,6 +18,7 @@ use std::{
     time::Duration,
 };
 
+use geoip_common::feature;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     net::TcpListener,
@@ -32,11 +33,12 @@ use crate::{
     geo::{DatabaseInfo, Databases, OpenError, Records, Wants},
     http::{AppState, router, with_basic_auth},
     labels::{Caps, Labels},
+    measures::Measures,
     metrics::{Metrics, Wanted},
     probe::{self, EventReader, Probe, ProbeError},
     reload::Reloader,
     server::{self, Limits, Transport},
-    snapshot::{Scope, Snapshot, SnapshotError, Snapshotter},
+    snapshot::{Pass, Scope, Snapshot, SnapshotError, Snapshotter},
     table::{ConnQuery, SyncKind, SyncReport, Tracker},
     webconfig::{BasicAuth, WebConfig, WebConfigError},
 };
@@ -153,7 +155,7 @@ pub(crate) fn start(args: &Args) -> Result<Started, AppError> {
         None => (HashMap::new(), Transport::Plain),
     };
     let listener = bind(args.listen_address)?;
-    let probe = probe::prepare(args.ring_buffer_bytes)?.load_and_attach()?;
+    let probe = probe::prepare(args.ring_buffer_bytes, features(args))?.load_and_attach()?;
     tracing::info!(
         ring_buffer_bytes = args.ring_buffer_bytes,
         "kernel program attached to sock/inet_sock_set_state"
@@ -253,6 +255,7 @@ pub(crate) async fn run(
         queries: query_rx,
         losses,
         undecodable: 0,
+        bytes_every: (args.bytes && !args.bytes_interval.is_zero()).then_some(args.bytes_interval),
     };
     let loop_state = state.clone();
     let thread = std::thread::Builder::new()
@@ -307,16 +310,26 @@ fn tracker(args: &Args, databases: Databases) -> Result<(Tracker, Metrics), AppE
     let metrics = Metrics::with_families(
         args.legacy_job_location,
         Wanted {
+            service: args.labels.contains(&Label::Service),
             asn: asn.is_some(),
             city: city.is_some(),
+            duration: args.duration,
+            bytes: args.bytes,
         },
     )?;
     let caps = Caps {
+        service: args.service_limit,
         asn: args.asn_limit,
         city: args.city_limit,
     };
     let mut tracker = Tracker::new(Exclusions::new(&args.exclude), country, metrics.recorder())
-        .with_labels(Labels::new(asn, city, caps));
+        .with_labels(Labels::new(
+            args.labels.contains(&Label::Service),
+            asn,
+            city,
+            caps,
+        ))
+        .with_measures(Measures::new(args.duration, args.bytes));
     if args.connections_api {
         tracker = tracker.keeping_addresses();
     }
@@ -354,6 +367,21 @@ fn print_check(
         db.database_type,
     );
     Ok(())
+}
+
+/// What the kernel program reports beyond opens and closes.
+fn features(args: &Args) -> u32 {
+    let mut features = 0;
+    if args.labels.contains(&Label::Service) {
+        features |= feature::COMM;
+    }
+    if args.duration {
+        features |= feature::TIME;
+    }
+    if args.bytes {
+        features |= feature::BYTES;
+    }
+    features
 }
 
 /// The databases `--labels` needs besides a country database.
@@ -442,6 +470,9 @@ struct EventLoop {
     /// Ring-buffer records that could not be decoded (each may have been
     /// an event).
     undecodable: u64,
+    /// How often the bytes of open connections are counted
+    /// (`--metrics.bytes-interval`), if they are.
+    bytes_every: Option<Duration>,
 }
 
 impl EventLoop {
@@ -502,7 +533,7 @@ impl EventLoop {
     /// Take a snapshot while applying events, then merge it.
     async fn sync(&mut self, kind: SyncKind) -> Result<Synced, AppError> {
         self.tracker.begin_sync();
-        let snapshot = self.snapshotter.request(self.scope)?;
+        let snapshot = self.snapshotter.request(self.scope, Pass::Connections)?;
         tokio::pin!(snapshot);
         let taken = loop {
             tokio::select! {
@@ -600,6 +631,12 @@ impl EventLoop {
         let mut pending: Option<(SnapshotReceiver, u64, tokio::time::Instant)> = None;
         let mut reranks = tokio::time::interval_at(tokio::time::Instant::now() + RERANK, RERANK);
         reranks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut byte_passes = self.bytes_every.map(|every| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        let mut pending_bytes: Option<SnapshotReceiver> = None;
         loop {
             tokio::select! {
                 read = self.reader.read_batch(&mut self.batch) => {
@@ -618,7 +655,7 @@ impl EventLoop {
                     }
                     tracing::debug!(since_last = ?last_reconcile.elapsed(), lost_or_skipped = losses.saturating_sub(baseline), "reconciling");
                     self.tracker.begin_sync();
-                    match self.snapshotter.request(self.scope) {
+                    match self.snapshotter.request(self.scope, Pass::Connections) {
                         Ok(rx) => pending = Some((rx, losses, tokio::time::Instant::now())),
                         Err(err) => {
                             self.tracker.abort_sync();
@@ -649,6 +686,20 @@ impl EventLoop {
                     tokio::task::spawn_blocking(move || drop(old));
                 }
                 _ = reranks.tick() => self.tracker.rerank(),
+                () = tick(byte_passes.as_mut()), if pending_bytes.is_none() => {
+                    match self.snapshotter.request(self.scope, Pass::Bytes) {
+                        Ok(rx) => pending_bytes = Some(rx),
+                        Err(err) => tracing::warn!(error = %crate::error_chain(&err), "counting the bytes of open connections skipped"),
+                    }
+                }
+                taken = wait(pending_bytes.as_mut()), if pending_bytes.is_some() => {
+                    pending_bytes = None;
+                    match taken {
+                        Ok(Ok(snap)) => self.tracker.account(&snap),
+                        Ok(Err(err)) => tracing::warn!(error = %crate::error_chain(&err), "counting the bytes of open connections failed; trying again at the next interval"),
+                        Err(_) => tracing::warn!("the snapshot thread stopped; the bytes of open connections are counted when they close"),
+                    }
+                }
             }
         }
     }

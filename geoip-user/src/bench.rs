@@ -33,7 +33,23 @@ impl EmptyProgram {
 /// # Errors
 /// Loading, verifying or attaching failed.
 pub fn attach_program(name: &str) -> Result<Ebpf, String> {
+    attach_program_with(name, 0)
+}
+
+/// [`attach_program`] with the kernel program's opt-in `features`
+/// (`geoip_common::feature`), the byte counters' offsets read from this
+/// kernel's BTF.
+///
+/// # Errors
+/// Loading, verifying or attaching failed.
+pub fn attach_program_with(name: &str, features: u32) -> Result<Ebpf, String> {
+    let tcp = crate::btf::Btf::from_kernel()
+        .and_then(|btf| btf.tcp_layout())
+        .map_err(|e| format!("the kernel's BTF: {e}"))?;
     let mut ebpf = EbpfLoader::new()
+        .override_global(geoip_common::FEATURES_GLOBAL, &features, true)
+        .override_global(geoip_common::TCP_LAYOUT_GLOBAL, &tcp, true)
+        .map_max_entries(geoip_common::CONNECTING_MAP, 1024)
         .load(PROGRAM_OBJECT)
         .map_err(|e| format!("loading the kernel object: {e}"))?;
     let program: &mut TracePoint = ebpf
@@ -131,7 +147,8 @@ pub fn synthetic_records(remotes: Remotes, conns: usize, window: usize) -> Vec<[
             family,
             kind: KIND_OPEN,
             direction: DIRECTION_OUTBOUND,
-            _pad: [0; 4],
+            flags: 0,
+            _pad: [0; 3],
         });
     }
     let mut out = Vec::with_capacity(conns * 2);

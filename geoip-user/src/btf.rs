@@ -5,7 +5,7 @@
 
 use std::{io, path::Path};
 
-use geoip_common::SockLayout;
+use geoip_common::{SockLayout, TCP_SPAN_MAX, TcpLayout};
 
 /// Where the running kernel describes its types.
 pub(crate) const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
@@ -281,6 +281,58 @@ impl Btf {
     }
 }
 
+impl Btf {
+    /// Where the kernel program finds a TCP socket's byte counters:
+    /// `tcp_sock.{write_seq, snd_una}` (32-bit), `tcp_sock.{bytes_received,
+    /// bytes_acked}` (64-bit), read as one span of at most
+    /// [`TCP_SPAN_MAX`] bytes, and `sock.sk_shutdown` (a byte).
+    pub(crate) fn tcp_layout(&self) -> Result<TcpLayout, BtfError> {
+        let field = |name: &str, path: &str, size: u32| -> Result<u32, BtfError> {
+            let (offset, ty) = self.offset_of(name, path)?;
+            if ty.kind != KIND_INT || ty.word != size {
+                return Err(BtfError::Shape {
+                    name: name.to_owned(),
+                    path: path.to_owned(),
+                    expected: match size {
+                        1 => "8-bit integer",
+                        4 => "32-bit integer",
+                        _ => "64-bit integer",
+                    },
+                });
+            }
+            Ok(offset)
+        };
+        let shutdown = field("sock", "sk_shutdown", 1)?;
+        let fields = [
+            (field("tcp_sock", "write_seq", 4)?, 4),
+            (field("tcp_sock", "snd_una", 4)?, 4),
+            (field("tcp_sock", "bytes_received", 8)?, 8),
+            (field("tcp_sock", "bytes_acked", 8)?, 8),
+        ];
+        let start = fields.iter().map(|f| f.0).min().unwrap_or(0);
+        let end = fields.iter().map(|f| f.0 + f.1).max().unwrap_or(0);
+        let span = end - start;
+        if span > TCP_SPAN_MAX {
+            return Err(BtfError::Shape {
+                name: "tcp_sock".to_owned(),
+                path: "write_seq .. bytes_acked".to_owned(),
+                expected: "byte counters within 512 bytes of each other",
+            });
+        }
+        let relative = |i: usize| u16::try_from(fields[i].0 - start).unwrap_or(u16::MAX);
+        Ok(TcpLayout {
+            span_start: start,
+            span,
+            shutdown,
+            write_seq: relative(0),
+            snd_una: relative(1),
+            bytes_received: relative(2),
+            bytes_acked: relative(3),
+            reserved: 0,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,5 +437,26 @@ mod tests {
         assert_eq!(layout.enabled, 1);
         assert!(layout.net > 0 && layout.net < 4096, "{layout:?}");
         assert!(layout.inum < 4096, "{layout:?}");
+    }
+
+    /// The running kernel's byte counters: the offsets `pahole` shows for
+    /// Linux 6.18 (checked with `bpftool btf dump`), and a span the
+    /// program can read at once.
+    #[test]
+    fn running_kernel_has_the_byte_counters() {
+        let btf = Btf::from_kernel().unwrap();
+        let t = btf.tcp_layout().unwrap();
+        assert!(t.span > 0 && t.span <= TCP_SPAN_MAX, "{t:?}");
+        for offset in [t.write_seq, t.snd_una, t.bytes_received, t.bytes_acked] {
+            assert!(u32::from(offset) < t.span, "{t:?}");
+        }
+        assert!(t.shutdown > 0 && t.shutdown < t.span_start, "{t:?}");
+        // The offsets of this kernel's tcp_sock (Linux 6.18 x86_64).
+        if std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .is_ok_and(|r| r.starts_with("6.18."))
+        {
+            assert_eq!(t.span_start + u32::from(t.bytes_acked), 1824, "{t:?}");
+            assert_eq!(t.span_start + u32::from(t.bytes_received), 1752, "{t:?}");
+        }
     }
 }

@@ -20,6 +20,7 @@ pub(crate) const DEFAULT_DATABASE: &str = "/var/lib/GeoIP/GeoLite2-Country.mmdb"
     clippy::doc_markdown,
     reason = "doc comments are the --help text, read as plain text"
 )]
+#[expect(clippy::struct_excessive_bools, reason = "command-line switches")]
 #[command(
     name = "geoip-exporter",
     version,
@@ -38,9 +39,13 @@ pub(crate) struct Args {
     #[arg(long = "geoip.database", value_name = "PATH", default_value = DEFAULT_DATABASE)]
     pub(crate) database: Vec<PathBuf>,
 
-    /// Opt-in families beyond the country: asn (geoip_connections_by_asn, needs an ASN database), city (geoip_connections_by_city and geoip_city_location_info, needs a city database). Repeat the flag or separate with commas.
+    /// Opt-in labels beyond the country: service (a service label on geoip_connections and its totals: the local port of an inbound connection, the process name of an outbound one), asn (geoip_connections_by_asn, needs an ASN database), city (geoip_connections_by_city and geoip_city_location_info, needs a city database). Repeat the flag or separate with commas.
     #[arg(long = "labels", value_name = "LABEL", value_delimiter = ',')]
     pub(crate) labels: Vec<Label>,
+
+    /// How many services get series of their own with --labels service (the busiest; the rest count as other).
+    #[arg(long = "labels.service-limit", value_name = "N", default_value_t = 20, value_parser = |v: &str| parse_count(v, 1, 1000))]
+    pub(crate) service_limit: usize,
 
     /// How many autonomous systems get series of their own in geoip_connections_by_asn (the busiest; the rest count as other).
     #[arg(long = "labels.asn-limit", value_name = "N", default_value_t = 50, value_parser = |v: &str| parse_count(v, 1, 1000))]
@@ -82,6 +87,18 @@ pub(crate) struct Args {
     #[arg(long = "web.enable-connections-api")]
     pub(crate) connections_api: bool,
 
+    /// Export geoip_connection_duration_seconds{country,direction}: how long connections lived, observed when they close (the kernel program reads the clock at each open and close).
+    #[arg(long = "metrics.duration")]
+    pub(crate) duration: bool,
+
+    /// Export geoip_received_bytes_total and geoip_sent_bytes_total{country,direction}: the payload bytes of every connection, read from its socket's counters by the kernel program when it closes and every --metrics.bytes-interval while it is open.
+    #[arg(long = "metrics.bytes")]
+    pub(crate) bytes: bool,
+
+    /// How often the bytes of connections still open are counted (a sock_diag pass over every namespace), with --metrics.bytes: a duration such as 60s or 5m; 0 counts them only when they close.
+    #[arg(long = "metrics.bytes-interval", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) bytes_interval: Duration,
+
     /// Also export the original tool's job_location{location} gauge (connections by country code, both directions), for dashboards built on sum(job_location) by (location).
     #[arg(long = "metrics.legacy-job-location")]
     pub(crate) legacy_job_location: bool,
@@ -107,9 +124,11 @@ pub(crate) struct Args {
     pub(crate) log_level: LogLevel,
 }
 
-/// An opt-in family (`--labels`).
+/// An opt-in label (`--labels`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Label {
+    /// A `service` label on `geoip_connections` and its totals.
+    Service,
     /// `geoip_connections_by_asn{asn,as_org,direction}`.
     Asn,
     /// `geoip_connections_by_city{country,city,direction}`.
@@ -232,7 +251,9 @@ mod tests {
         let a = parse(&[]).unwrap();
         assert_eq!(a.database, vec![PathBuf::from(DEFAULT_DATABASE)]);
         assert!(a.labels.is_empty());
-        assert_eq!((a.asn_limit, a.city_limit), (50, 50));
+        assert_eq!((a.service_limit, a.asn_limit, a.city_limit), (20, 50, 50));
+        assert!(!a.duration && !a.bytes);
+        assert_eq!(a.bytes_interval, Duration::from_mins(1));
         assert_eq!(a.listen_address, "[::]:9300".parse().unwrap());
         assert_eq!(a.telemetry_path, "/metrics");
         assert!(a.exclude.is_empty());
@@ -252,8 +273,13 @@ mod tests {
             "--geoip.database=/x.mmdb",
             "--geoip.database=/asn.mmdb",
             "--labels=asn,city",
+            "--labels=service",
+            "--labels.service-limit=3",
             "--labels.asn-limit=5",
             "--labels.city-limit=7",
+            "--metrics.duration",
+            "--metrics.bytes",
+            "--metrics.bytes-interval=5m",
             "--web.listen-address",
             "127.0.0.1:9999",
             "--web.telemetry-path=/m",
@@ -274,8 +300,10 @@ mod tests {
             vec![PathBuf::from("/x.mmdb"), PathBuf::from("/asn.mmdb")],
             "a given database replaces the default"
         );
-        assert_eq!(a.labels, vec![Label::Asn, Label::City]);
-        assert_eq!((a.asn_limit, a.city_limit), (5, 7));
+        assert_eq!(a.labels, vec![Label::Asn, Label::City, Label::Service]);
+        assert_eq!((a.service_limit, a.asn_limit, a.city_limit), (3, 5, 7));
+        assert!(a.duration && a.bytes);
+        assert_eq!(a.bytes_interval, Duration::from_mins(5));
         assert_eq!(a.listen_address, "127.0.0.1:9999".parse().unwrap());
         assert_eq!(a.telemetry_path, "/m");
         assert_eq!(a.exclude.len(), 3);
@@ -326,6 +354,7 @@ mod tests {
             (vec!["--labels", "colour"], "colour"),
             (vec!["--labels.asn-limit", "0"], "\"0\""),
             (vec!["--labels.city-limit", "5000"], "\"5000\""),
+            (vec!["--metrics.bytes-interval", "often"], "\"often\""),
         ] {
             let err = parse(&args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
@@ -342,8 +371,12 @@ mod tests {
         for flag in [
             "--geoip.database",
             "--labels",
+            "--labels.service-limit",
             "--labels.asn-limit",
             "--labels.city-limit",
+            "--metrics.duration",
+            "--metrics.bytes",
+            "--metrics.bytes-interval",
             "--web.listen-address",
             "--web.telemetry-path",
             "--exclude",

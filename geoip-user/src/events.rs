@@ -3,7 +3,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use geoip_common::{
-    AF_INET, AF_INET6, ConnEvent, DIRECTION_INBOUND, DIRECTION_OUTBOUND, KIND_CLOSE, KIND_OPEN,
+    AF_INET, AF_INET6, ConnEvent, ConnEventExt, DIRECTION_INBOUND, DIRECTION_OUTBOUND,
+    FLAG_FIN_ACKED, FLAG_FIN_RECEIVED, FLAG_FINAL, KIND_CLOSE, KIND_FINAL, KIND_OPEN,
     address_bytes,
 };
 
@@ -61,6 +62,49 @@ impl std::fmt::Debug for ConnKey {
 pub(crate) enum Change {
     Open(Direction),
     Close,
+    /// A connection that had left ESTABLISHED reached CLOSE: the bytes of
+    /// its closing handshake (with `--bytes` only).
+    Final,
+}
+
+/// A process name (`comm`), NUL-padded as the kernel keeps it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Comm(pub(crate) [u8; 16]);
+
+impl Comm {
+    /// The name, up to its first NUL; `None` when empty.
+    pub(crate) fn name(&self) -> Option<String> {
+        let len = self.0.iter().position(|b| *b == 0).unwrap_or(self.0.len());
+        (len > 0).then(|| String::from_utf8_lossy(&self.0[..len]).into_owned())
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.name())
+    }
+}
+
+/// A socket's byte counters, FINs taken out: `received` is the payload
+/// received; `acked` the payload the peer acknowledged, still counting an
+/// outbound connection's SYN (only the table knows the direction).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counters {
+    pub(crate) received: u64,
+    pub(crate) acked: u64,
+}
+
+/// What the opt-in kernel features add to an event (all empty without).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Extra {
+    /// The kernel's monotonic time of the event (`CLOCK_MONOTONIC`), in ns.
+    pub(crate) time_ns: Option<u64>,
+    /// The socket's byte counters (closes).
+    pub(crate) bytes: Option<Counters>,
+    /// The process that made an outbound connection (opens).
+    pub(crate) comm: Option<Comm>,
+    /// The socket is gone: its counters are its last.
+    pub(crate) last: bool,
 }
 
 /// One decoded kernel event.
@@ -68,24 +112,49 @@ pub(crate) enum Change {
 pub(crate) struct Event {
     pub(crate) key: ConnKey,
     pub(crate) change: Change,
+    pub(crate) extra: Extra,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum DecodeError {
-    #[error("ring buffer record of {len} bytes, expected {expected}")]
-    Size { len: usize, expected: usize },
+    #[error("ring buffer record of {len} bytes, expected {expected} or {extended}")]
+    Size {
+        len: usize,
+        expected: usize,
+        extended: usize,
+    },
     #[error("unknown address family {family}")]
     Family { family: u16 },
     #[error("unknown event kind {kind} with direction {direction}")]
     Kind { kind: u8, direction: u8 },
 }
 
-/// Decode one ring-buffer record.
+/// Decode one ring-buffer record: a [`ConnEvent`], or a [`ConnEventExt`]
+/// when the kernel program runs with features.
 pub(crate) fn decode(record: &[u8]) -> Result<Event, DecodeError> {
+    if record.len() == size_of::<ConnEventExt>() {
+        let ext: ConnEventExt = bytemuck::pod_read_unaligned(record);
+        let mut event = from_raw(&ext.base)?;
+        let flags = ext.base.flags;
+        let fin = |flag: u8| u64::from(flags & flag != 0);
+        event.extra = Extra {
+            time_ns: (ext.time_ns != 0).then_some(ext.time_ns),
+            bytes: (ext.bytes_received | ext.bytes_acked != 0
+                || flags & (FLAG_FIN_RECEIVED | FLAG_FIN_ACKED) != 0)
+                .then(|| Counters {
+                    received: ext.bytes_received.saturating_sub(fin(FLAG_FIN_RECEIVED)),
+                    acked: ext.bytes_acked.saturating_sub(fin(FLAG_FIN_ACKED)),
+                }),
+            comm: (ext.comm != [0; 16]).then_some(Comm(ext.comm)),
+            last: flags & FLAG_FINAL != 0,
+        };
+        return Ok(event);
+    }
     let raw: ConnEvent =
         bytemuck::try_pod_read_unaligned(record).map_err(|_| DecodeError::Size {
             len: record.len(),
             expected: size_of::<ConnEvent>(),
+            extended: size_of::<ConnEventExt>(),
         })?;
     from_raw(&raw)
 }
@@ -105,6 +174,7 @@ fn from_raw(raw: &ConnEvent) -> Result<Event, DecodeError> {
         (KIND_OPEN, DIRECTION_INBOUND) => Change::Open(Direction::Inbound),
         (KIND_OPEN, DIRECTION_OUTBOUND) => Change::Open(Direction::Outbound),
         (KIND_CLOSE, _) => Change::Close,
+        (KIND_FINAL, _) => Change::Final,
         (kind, direction) => return Err(DecodeError::Kind { kind, direction }),
     };
     Ok(Event {
@@ -116,6 +186,10 @@ fn from_raw(raw: &ConnEvent) -> Result<Event, DecodeError> {
             netns: raw.netns,
         },
         change,
+        extra: Extra {
+            last: raw.flags & FLAG_FINAL != 0,
+            ..Extra::default()
+        },
     })
 }
 
@@ -137,7 +211,8 @@ mod tests {
             family,
             kind,
             direction,
-            _pad: [0; 4],
+            flags: 0,
+            _pad: [0; 3],
         })
     }
 
@@ -223,7 +298,8 @@ mod tests {
             decode(&[0; 10]),
             Err(DecodeError::Size {
                 len: 10,
-                expected: 48
+                expected: 48,
+                extended: 88
             })
         );
         let mut r = raw(AF_INET, v4([1; 4]), v4([2; 4]), 2, 1).unwrap();

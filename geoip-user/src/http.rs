@@ -405,10 +405,10 @@ mod tests {
         let mut r = s.metrics.recorder();
         let de = crate::geo::Country::from_code("DE");
         let jp = crate::geo::Country::from_code("JP");
-        r.opened(de, crate::events::Direction::Inbound);
-        r.opened(jp, crate::events::Direction::Outbound);
-        r.opened(jp, crate::events::Direction::Outbound);
-        r.closed(de, crate::events::Direction::Inbound);
+        r.opened(de, crate::events::Direction::Inbound, 0, String::new);
+        r.opened(jp, crate::events::Direction::Outbound, 0, String::new);
+        r.opened(jp, crate::events::Direction::Outbound, 0, String::new);
+        r.closed(de, crate::events::Direction::Inbound, 0, String::new);
         let (status, ctype, body) = get(router(s, "/m"), "/api/v1/countries").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(ctype, "application/json");

@@ -1,10 +1,12 @@
-//! The opt-in families beyond the country (`--labels asn`, `--labels
-//! city`): which network operator (autonomous system) and which city each
-//! connection is with, each label capped to its busiest values
-//! ([`crate::cap`]).
+//! The opt-in labels beyond the country, each capped to its busiest
+//! values ([`crate::cap`]): which of this host's services a connection is
+//! (`--labels service`: for an inbound connection the local port it came
+//! to, for an outbound one the process that made it), and which network
+//! operator (autonomous system, `--labels asn`) and city (`--labels
+//! city`) it is with.
 //!
 //! A connection is looked up once, when it opens; the slots it is counted
-//! under are kept with it (4 bytes) until it closes, so every series
+//! under are kept with it (6 bytes) until it closes, so every series
 //! counts up and down exactly once per connection, whatever the databases
 //! or the capped sets do meanwhile.
 
@@ -12,7 +14,7 @@ use std::net::IpAddr;
 
 use crate::{
     cap::{Capped, OTHER, Slot},
-    events::Direction,
+    events::{Comm, Direction},
     geo::{AsInfo, City, Country, Decode, Records},
     metrics::Recorder,
 };
@@ -24,6 +26,7 @@ pub(crate) const UNKNOWN: Slot = Slot::MAX;
 /// The slots one connection is counted under.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Slots {
+    pub(crate) service: Slot,
     asn: Slot,
     city: Slot,
 }
@@ -31,8 +34,39 @@ pub(crate) struct Slots {
 /// How many values of each label get a series of their own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Caps {
+    pub(crate) service: usize,
     pub(crate) asn: usize,
     pub(crate) city: usize,
+}
+
+/// What a connection is to this host: an inbound one the local port it
+/// came to (a port the host listens on), an outbound one the process
+/// that made it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Service {
+    Port(u16),
+    Process(Comm),
+}
+
+impl Service {
+    /// The `service` label value: the port number, or the process name.
+    fn label(&self) -> String {
+        match self {
+            Self::Port(port) => port.to_string(),
+            Self::Process(comm) => comm.name().unwrap_or_else(|| "unknown".to_owned()),
+        }
+    }
+}
+
+/// A connection that opens, as the labels see it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Opening {
+    pub(crate) remote: IpAddr,
+    pub(crate) local_port: u16,
+    pub(crate) direction: Direction,
+    /// The process that made it (an outbound connection the kernel saw
+    /// open), if known.
+    pub(crate) comm: Option<Comm>,
 }
 
 /// One capped family: its database and its busiest values.
@@ -71,26 +105,38 @@ impl<T: Decode> Family<T> {
     }
 }
 
-/// The opt-in families.
+/// The opt-in labels.
 pub(crate) struct Labels {
+    service: Option<Capped<Service>>,
     asn: Option<Family<AsInfo>>,
     city: Option<Family<City>>,
 }
 
 impl Labels {
-    /// `None` when no family is wanted.
+    /// `None` when no label is wanted.
     pub(crate) fn new(
+        service: bool,
         asn: Option<Records<AsInfo>>,
         city: Option<Records<City>>,
         caps: Caps,
     ) -> Option<Self> {
-        if asn.is_none() && city.is_none() {
+        if !service && asn.is_none() && city.is_none() {
             return None;
         }
         Some(Self {
+            service: service.then(|| Capped::new(caps.service)),
             asn: asn.map(|db| Family::new(db, caps.asn)),
             city: city.map(|db| Family::new(db, caps.city)),
         })
+    }
+
+    /// The `service` label value of a connection counted under `slot`.
+    pub(crate) fn service_label(&self, slot: Slot) -> String {
+        match self.service.as_ref().and_then(|c| c.value(slot)) {
+            Some(service) => service.label(),
+            None if slot == UNKNOWN => "unknown".to_owned(),
+            None => "other".to_owned(),
+        }
     }
 
     /// Use these databases for connections that open from now on (a
@@ -104,16 +150,24 @@ impl Labels {
         }
     }
 
-    /// A connection with `remote` (in `country`) opened: count it, and
-    /// the slots to close it with.
+    /// A connection `conn` (in `country`) opened: count it in the ASN
+    /// and city families, and return its slots (its service slot is
+    /// counted by the caller, in the connection families).
     pub(crate) fn open(
         &mut self,
-        remote: IpAddr,
+        conn: Opening,
         country: Country,
-        direction: Direction,
         recorder: &mut Recorder,
     ) -> Slots {
+        let (remote, direction) = (conn.remote, conn.direction);
         let mut slots = Slots::default();
+        if let Some(capped) = &mut self.service {
+            let service = match (direction, conn.comm) {
+                (Direction::Inbound, _) => Some(Service::Port(conn.local_port)),
+                (Direction::Outbound, comm) => comm.map(Service::Process),
+            };
+            slots.service = service.map_or(UNKNOWN, |s| capped.open(&s));
+        }
         if let Some(family) = &mut self.asn {
             slots.asn = family.open(remote, recorder);
             let value = family.value(slots.asn);
@@ -136,7 +190,8 @@ impl Labels {
         slots
     }
 
-    /// A connection counted under `slots` (in `country`) closed.
+    /// A connection counted under `slots` (in `country`) closed (the
+    /// caller uncounted it from the connection families first).
     pub(crate) fn close(
         &mut self,
         slots: Slots,
@@ -144,6 +199,12 @@ impl Labels {
         direction: Direction,
         recorder: &mut Recorder,
     ) {
+        if let Some(capped) = &mut self.service
+            && slots.service != UNKNOWN
+            && let Some(freed) = capped.close(slots.service)
+        {
+            recorder.drop_service(slots.service, &freed.label());
+        }
         if let Some(family) = &mut self.asn {
             let value = family.value(slots.asn);
             recorder.asn(slots.asn, direction, -1, || asn_labels(value, slots.asn));
@@ -170,6 +231,11 @@ impl Labels {
     /// Let busier values displace quiet ones (on a timer, minutes apart);
     /// the series of slots freed go.
     pub(crate) fn rerank(&mut self, recorder: &mut Recorder) {
+        if let Some(capped) = &mut self.service {
+            for (slot, freed) in capped.rerank() {
+                recorder.drop_service(slot, &freed.label());
+            }
+        }
         if let Some(family) = &mut self.asn {
             for (slot, freed) in family.capped.rerank() {
                 recorder.drop_asn(slot, &asn_labels(Some(&freed), slot));
@@ -210,7 +276,7 @@ fn city_name(city: Option<&City>, slot: Slot) -> String {
     }
 }
 
-const _: () = assert!(size_of::<Slots>() == 4);
+const _: () = assert!(size_of::<Slots>() == 6);
 
 #[cfg(test)]
 mod tests {
@@ -263,16 +329,33 @@ mod tests {
             Wanted {
                 asn: true,
                 city: true,
+                ..Wanted::default()
             },
         )
         .unwrap();
         let mut r = m.recorder();
         let (asn, city) = databases();
-        let mut l = Labels::new(Some(asn), Some(city), Caps { asn: 2, city: 2 }).unwrap();
+        let mut l = Labels::new(
+            false,
+            Some(asn),
+            Some(city),
+            Caps {
+                service: 1,
+                asn: 2,
+                city: 2,
+            },
+        )
+        .unwrap();
         let out = Direction::Outbound;
         let de = Country::from_code("DE");
         let open = |l: &mut Labels, r: &mut Recorder, ip: &str, cc: Country| {
-            l.open(ip.parse().unwrap(), cc, out, r)
+            let conn = Opening {
+                remote: ip.parse().unwrap(),
+                local_port: 40_000,
+                direction: out,
+                comm: None,
+            };
+            l.open(conn, cc, r)
         };
         let alpha = open(&mut l, &mut r, "192.0.2.1", de);
         let _beta = open(&mut l, &mut r, "192.0.2.65", Country::from_code("JP"));

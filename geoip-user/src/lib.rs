@@ -15,7 +15,10 @@
 //!   reconcile after lost events.
 //! - [`filter`]: ranges that are not "the world".
 //! - [`table`]: the live connection table; [`geo`] answers its lookups,
-//!   [`reload`] swaps in a new database when its file changes.
+//!   [`reload`] swaps in new databases when their files change;
+//!   [`labels`] counts the opt-in service, ASN and city labels, each
+//!   capped to its busiest values by [`cap`]; [`measures`] counts
+//!   durations and bytes.
 //! - [`metrics`]: the only module that touches prometheus types.
 //! - [`http`]: the router; [`page`]: the live map it serves at `/`;
 //!   [`server`]: the HTTP server and its limits; [`webconfig`]: TLS and
@@ -36,6 +39,7 @@ pub mod fuzz;
 mod geo;
 mod http;
 mod labels;
+mod measures;
 mod metrics;
 mod namespaces;
 mod page;

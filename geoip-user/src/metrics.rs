@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use prometheus::{
-    Encoder as _, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder as _, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
     core::{Collector, Desc},
     proto::MetricFamily,
 };
@@ -30,6 +30,8 @@ pub(crate) struct Metrics {
     opened: IntCounterVec,
     closed: IntCounterVec,
     legacy: Option<IntGaugeVec>,
+    /// Whether the connection families have a `service` label.
+    service: bool,
     families: Families,
     events_read: IntCounterVec,
     events_undecodable: IntCounter,
@@ -142,12 +144,23 @@ fn build_info() -> Result<IntGaugeVec, prometheus::Error> {
     Ok(build_info)
 }
 
-/// Which opt-in families are exported (`--labels`).
+/// Which opt-in families are exported (`--labels`, `--metrics.*`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[expect(clippy::struct_excessive_bools, reason = "one switch per family")]
 pub(crate) struct Wanted {
+    /// A `service` label on the connection families.
+    pub(crate) service: bool,
     pub(crate) asn: bool,
     pub(crate) city: bool,
+    pub(crate) duration: bool,
+    pub(crate) bytes: bool,
 }
+
+/// The buckets of `geoip_connection_duration_seconds`: from a short API
+/// call (10 ms) to a day-long stream, a step of 2.5-10x.
+pub(crate) const DURATION_BUCKETS: [f64; 11] = [
+    0.01, 0.05, 0.25, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0, 21_600.0, 86_400.0,
+];
 
 /// The opt-in families, when exported.
 #[derive(Clone, Default)]
@@ -155,11 +168,46 @@ struct Families {
     by_asn: Option<IntGaugeVec>,
     by_city: Option<IntGaugeVec>,
     city_location: Option<IntGaugeVec>,
+    duration: Option<HistogramVec>,
+    received: Option<IntCounterVec>,
+    sent: Option<IntCounterVec>,
 }
 
 impl Families {
     fn new(wanted: Wanted, registry: &Registry) -> Result<Self, prometheus::Error> {
         let mut families = Self::default();
+        if wanted.duration {
+            let duration = HistogramVec::new(
+                HistogramOpts::new(
+                    "geoip_connection_duration_seconds",
+                    "How long TCP connections stayed ESTABLISHED, by country and direction, observed when they close (connections that existed before the exporter started are not observed).",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+                &["country", "direction"],
+            )?;
+            registry.register(Box::new(duration.clone()))?;
+            families.duration = Some(duration);
+        }
+        if wanted.bytes {
+            let received = IntCounterVec::new(
+                opts(
+                    "geoip_received_bytes_total",
+                    "Payload bytes received on TCP connections, by country and direction: counted when they close and every --metrics.bytes-interval while open.",
+                ),
+                &["country", "direction"],
+            )?;
+            let sent = IntCounterVec::new(
+                opts(
+                    "geoip_sent_bytes_total",
+                    "Payload bytes sent on TCP connections and acknowledged by the peer, by country and direction: counted when they close and every --metrics.bytes-interval while open.",
+                ),
+                &["country", "direction"],
+            )?;
+            registry.register(Box::new(received.clone()))?;
+            registry.register(Box::new(sent.clone()))?;
+            families.received = Some(received);
+            families.sent = Some(sent);
+        }
         if wanted.asn {
             let by_asn = IntGaugeVec::new(
                 opts(
@@ -209,7 +257,11 @@ impl Metrics {
         wanted: Wanted,
     ) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let labels = &["country", "direction"];
+        let labels: &[&str] = if wanted.service {
+            &["country", "direction", "service"]
+        } else {
+            &["country", "direction"]
+        };
         let connections = IntGaugeVec::new(
             opts(
                 "geoip_connections",
@@ -292,6 +344,7 @@ impl Metrics {
             opened,
             closed,
             legacy,
+            service: wanted.service,
             families,
             events_read,
             events_undecodable,
@@ -420,10 +473,12 @@ impl Metrics {
                         clippy::cast_sign_loss,
                         reason = "integer-valued, non-negative samples"
                     )]
+                    // Summed: with `--labels service` a country and
+                    // direction have a series per service.
                     match which {
-                        0 => counts.connections = metric.get_gauge().get_value() as i64,
-                        1 => counts.opened = metric.get_counter().get_value() as u64,
-                        _ => counts.closed = metric.get_counter().get_value() as u64,
+                        0 => counts.connections += metric.get_gauge().get_value() as i64,
+                        1 => counts.opened += metric.get_counter().get_value() as u64,
+                        _ => counts.closed += metric.get_counter().get_value() as u64,
                     }
                 }
             }
@@ -438,6 +493,8 @@ impl Metrics {
             series: HashMap::new(),
             locations: HashMap::new(),
             asn_series: HashMap::new(),
+            durations: HashMap::new(),
+            bytes_series: HashMap::new(),
             city_series: HashMap::new(),
             city_locations: HashMap::new(),
             events_open: self.events_read.with_label_values(&["open"]),
@@ -504,9 +561,13 @@ struct Series {
 /// Updates connection metrics with cached handles; owned by the tracker.
 pub(crate) struct Recorder {
     metrics: Metrics,
-    series: HashMap<(Country, Direction), Series>,
+    /// By country, direction and service slot (0 without `--labels
+    /// service`).
+    series: HashMap<(Country, Direction, Slot), Series>,
     locations: HashMap<Country, IntGauge>,
     asn_series: HashMap<(Slot, Direction), IntGauge>,
+    durations: HashMap<(Country, Direction), prometheus::Histogram>,
+    bytes_series: HashMap<(Country, Direction), (IntCounter, IntCounter)>,
     city_series: HashMap<(Country, Slot, Direction), IntGauge>,
     /// The label values of each city slot's location series.
     city_locations: HashMap<Slot, [String; 4]>,
@@ -515,14 +576,27 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    fn series(&mut self, country: Country, direction: Direction) -> &Series {
+    fn series(
+        &mut self,
+        country: Country,
+        direction: Direction,
+        service: Slot,
+        label: impl FnOnce() -> String,
+    ) -> &Series {
         let m = &self.metrics;
-        self.series.entry((country, direction)).or_insert_with(|| {
-            let labels = [country.as_str(), direction.as_str()];
+        let key = (country, direction, if m.service { service } else { 0 });
+        self.series.entry(key).or_insert_with(|| {
+            let service = if m.service { label() } else { String::new() };
+            let with_service = [country.as_str(), direction.as_str(), service.as_str()];
+            let labels = if m.service {
+                &with_service[..]
+            } else {
+                &with_service[..2]
+            };
             Series {
-                connections: m.connections.with_label_values(&labels),
-                opened: m.opened.with_label_values(&labels),
-                closed: m.closed.with_label_values(&labels),
+                connections: m.connections.with_label_values(labels),
+                opened: m.opened.with_label_values(labels),
+                closed: m.closed.with_label_values(labels),
             }
         })
     }
@@ -536,9 +610,16 @@ impl Recorder {
         }
     }
 
-    /// A connection to or from `country` is now tracked.
-    pub(crate) fn opened(&mut self, country: Country, direction: Direction) {
-        let s = self.series(country, direction);
+    /// A connection to or from `country` (counted under the service slot
+    /// `service`, whose label value `label` gives) is now tracked.
+    pub(crate) fn opened(
+        &mut self,
+        country: Country,
+        direction: Direction,
+        service: Slot,
+        label: impl FnOnce() -> String,
+    ) {
+        let s = self.series(country, direction, service, label);
         s.connections.inc();
         s.opened.inc();
         self.location(country, 1);
@@ -546,12 +627,69 @@ impl Recorder {
     }
 
     /// A tracked connection closed.
-    pub(crate) fn closed(&mut self, country: Country, direction: Direction) {
-        let s = self.series(country, direction);
+    pub(crate) fn closed(
+        &mut self,
+        country: Country,
+        direction: Direction,
+        service: Slot,
+        label: impl FnOnce() -> String,
+    ) {
+        let s = self.series(country, direction, service, label);
         s.connections.dec();
         s.closed.inc();
         self.location(country, -1);
         self.metrics.tracked.dec();
+    }
+
+    /// The service slot `slot` (showing `label`) is free: its series go,
+    /// in every country and direction.
+    pub(crate) fn drop_service(&mut self, slot: Slot, label: &str) {
+        let m = &self.metrics;
+        self.series.retain(|&(country, direction, s), _| {
+            if s != slot {
+                return true;
+            }
+            let labels = [country.as_str(), direction.as_str(), label];
+            let _ = m.connections.remove_label_values(&labels);
+            let _ = m.opened.remove_label_values(&labels);
+            let _ = m.closed.remove_label_values(&labels);
+            false
+        });
+    }
+
+    /// A connection to or from `country` closed after `seconds`.
+    pub(crate) fn duration(&mut self, country: Country, direction: Direction, seconds: f64) {
+        let Some(family) = &self.metrics.families.duration else {
+            return;
+        };
+        self.durations
+            .entry((country, direction))
+            .or_insert_with(|| family.with_label_values(&[country.as_str(), direction.as_str()]))
+            .observe(seconds);
+    }
+
+    /// Connections to or from `country` received and sent these many
+    /// more payload bytes.
+    pub(crate) fn bytes(
+        &mut self,
+        country: Country,
+        direction: Direction,
+        received: u64,
+        sent: u64,
+    ) {
+        let (Some(rx), Some(tx)) = (&self.metrics.families.received, &self.metrics.families.sent)
+        else {
+            return;
+        };
+        let (r, t) = self
+            .bytes_series
+            .entry((country, direction))
+            .or_insert_with(|| {
+                let labels = [country.as_str(), direction.as_str()];
+                (rx.with_label_values(&labels), tx.with_label_values(&labels))
+            });
+        r.inc_by(received);
+        t.inc_by(sent);
     }
 
     /// An ASN series changed by `delta`; `labels` (`asn`, `as_org`) are
@@ -696,11 +834,11 @@ mod tests {
     fn series_follow_opens_and_closes() {
         let m = Metrics::new(true).unwrap();
         let mut r = m.recorder();
-        r.opened(de(), Direction::Inbound);
-        r.opened(de(), Direction::Inbound);
-        r.opened(de(), Direction::Outbound);
-        r.opened(Country::UNKNOWN, Direction::Outbound);
-        r.closed(de(), Direction::Inbound);
+        r.opened(de(), Direction::Inbound, 0, String::new);
+        r.opened(de(), Direction::Inbound, 0, String::new);
+        r.opened(de(), Direction::Outbound, 0, String::new);
+        r.opened(Country::UNKNOWN, Direction::Outbound, 0, String::new);
+        r.closed(de(), Direction::Inbound, 0, String::new);
         let countries = m.countries();
         assert_eq!(
             countries["DE"],

@@ -13,9 +13,9 @@ use aya::{
     programs::TracePoint,
 };
 use geoip_common::{
-    CONTROL_MAP, EVENTS_MAP, LAYOUT_GLOBAL, LOST_MAP, PROGRAM, PROGRAM_ANY_LAYOUT,
-    SOCK_LAYOUT_GLOBAL, SockLayout, TRACEPOINT_CATEGORY, TRACEPOINT_NAME, TracepointLayout,
-    WAKE_ON_FIRST, WAKEUP_GLOBAL,
+    CONNECTING_MAP, CONTROL_MAP, EVENTS_MAP, FEATURES_GLOBAL, LAYOUT_GLOBAL, LOST_MAP, PROGRAM,
+    PROGRAM_ANY_LAYOUT, SOCK_LAYOUT_GLOBAL, SockLayout, TCP_LAYOUT_GLOBAL, TRACEPOINT_CATEGORY,
+    TRACEPOINT_NAME, TcpLayout, TracepointLayout, WAKE_ON_FIRST, WAKEUP_GLOBAL, feature,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -38,6 +38,10 @@ pub(crate) enum ProbeError {
     Capabilities { missing: String },
     #[error(transparent)]
     Tracefs(#[from] TracefsError),
+    #[error(
+        "cannot find the TCP byte counters (tcp_sock.bytes_received, .bytes_acked) in this kernel's BTF, which --metrics.bytes needs (Linux 4.19 or later with /sys/kernel/btf/vmlinux); run without --metrics.bytes"
+    )]
+    ByteCounters(#[source] crate::btf::BtfError),
     #[error(
         "loading the kernel program failed; it needs Linux 5.8 or later with BTF (/sys/kernel/btf/vmlinux) and BPF ring buffers, and CAP_BPF+CAP_PERFMON"
     )]
@@ -84,28 +88,48 @@ pub(crate) fn check_capabilities() -> Result<(), ProbeError> {
 pub(crate) struct Prepared {
     layout: TracepointLayout,
     sock_layout: SockLayout,
+    tcp_layout: TcpLayout,
+    features: u32,
     ring_bytes: u32,
 }
 
+/// Entries of the map of connects in progress with [`feature::COMM`]: far
+/// more than connects are ever in progress at once on one host.
+const CONNECTING_ENTRIES: u32 = 65_536;
+
 /// Check privileges, read this kernel's tracepoint layout and, from its
-/// BTF, where a socket's network namespace sits. Without the latter the
-/// exporter still runs, but cannot tell namespaces apart.
-pub(crate) fn prepare(ring_bytes: u32) -> Result<Prepared, ProbeError> {
+/// BTF, where a socket's network namespace sits (without it the exporter
+/// still runs, but cannot tell namespaces apart) and, for
+/// [`feature::BYTES`], where its byte counters sit (without them it
+/// cannot count bytes: an error).
+pub(crate) fn prepare(ring_bytes: u32, features: u32) -> Result<Prepared, ProbeError> {
     check_capabilities()?;
     let layout = tracefs::read_layout()?;
-    let sock_layout = match Btf::from_kernel().and_then(|btf| btf.sock_layout()) {
-        Ok(sock_layout) => sock_layout,
-        Err(err) => {
-            tracing::warn!(
-                error = %err,
-                "cannot find the network namespace of sockets in the kernel's BTF: connections in other namespaces (containers) are tracked by events only and the reconcile is off"
-            );
-            SockLayout::DISABLED
-        }
+    let bytes = features & feature::BYTES != 0;
+    let (sock_layout, tcp_layout) = match Btf::from_kernel() {
+        Ok(btf) => (
+            btf.sock_layout(),
+            if bytes {
+                btf.tcp_layout().map_err(ProbeError::ByteCounters)?
+            } else {
+                TcpLayout::NONE
+            },
+        ),
+        Err(err) if bytes => return Err(ProbeError::ByteCounters(err)),
+        Err(err) => (Err(err), TcpLayout::NONE),
     };
+    let sock_layout = sock_layout.unwrap_or_else(|err| {
+        tracing::warn!(
+            error = %err,
+            "cannot find the network namespace of sockets in the kernel's BTF: connections in other namespaces (containers) are tracked by events only and the reconcile is off"
+        );
+        SockLayout::DISABLED
+    });
     Ok(Prepared {
         layout,
         sock_layout,
+        tcp_layout,
+        features,
         ring_bytes,
     })
 }
@@ -132,11 +156,19 @@ impl Prepared {
         // The drain timer reads the ring; the kernel wakes us only when a
         // quarter of it fills before the timer fires.
         let wakeup_bytes = u64::from(self.ring_bytes) / 4;
+        let connecting = if self.features & feature::COMM == 0 {
+            1
+        } else {
+            CONNECTING_ENTRIES
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global(LAYOUT_GLOBAL, &self.layout, true)
             .override_global(WAKEUP_GLOBAL, &wakeup_bytes, true)
             .override_global(SOCK_LAYOUT_GLOBAL, &self.sock_layout, true)
+            .override_global(FEATURES_GLOBAL, &self.features, true)
+            .override_global(TCP_LAYOUT_GLOBAL, &self.tcp_layout, true)
             .map_max_entries(EVENTS_MAP, self.ring_bytes)
+            .map_max_entries(CONNECTING_MAP, connecting)
             .load(PROGRAM_OBJECT)
             .map_err(ProbeError::Load)?;
         let logger = match aya_log::EbpfLogger::init_with_logger(&mut ebpf, TracingLog) {

@@ -31,7 +31,7 @@ use geoip_common::{AF_INET, AF_INET6, IPPROTO_TCP, tcp_state};
 
 use crate::{
     caps::{self, CAP_SYS_ADMIN, CAP_SYS_PTRACE},
-    events::{ConnKey, Direction},
+    events::{ConnKey, Counters, Direction},
     filter::{Cidr, canonical},
     namespaces::{self, NetNs},
 };
@@ -151,10 +151,51 @@ pub(crate) enum Scope {
     OwnUntagged,
 }
 
-/// The ESTABLISHED connections a snapshot saw.
+/// What a snapshot is taken for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// The ESTABLISHED connections, with their direction (start-up,
+    /// reconcile).
+    Connections,
+    /// The byte counters of ESTABLISHED connections, and which closing
+    /// ones still exist (`--metrics.bytes`).
+    Bytes,
+}
+
+impl Pass {
+    /// The TCP states dumped.
+    const fn states(self) -> u32 {
+        match self {
+            Self::Connections => (1 << tcp_state::ESTABLISHED) | (1 << tcp_state::LISTEN),
+            Self::Bytes => {
+                (1 << tcp_state::ESTABLISHED)
+                    | (1 << tcp_state::FIN_WAIT1)
+                    | (1 << tcp_state::FIN_WAIT2)
+                    | (1 << tcp_state::CLOSE_WAIT)
+                    | (1 << tcp_state::LAST_ACK)
+                    | (1 << tcp_state::CLOSING)
+            }
+        }
+    }
+
+    /// The `idiag_ext` bits: `tcp_info` for bytes.
+    const fn ext(self) -> u8 {
+        match self {
+            Self::Connections => 0,
+            Self::Bytes => 1 << (INET_DIAG_INFO - 1),
+        }
+    }
+}
+
+/// What a snapshot saw.
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
+    /// ESTABLISHED connections and their direction ([`Pass::Connections`]).
     pub(crate) conns: Vec<(ConnKey, Direction)>,
+    /// ESTABLISHED connections and their byte counters ([`Pass::Bytes`]).
+    pub(crate) bytes: Vec<(ConnKey, Counters)>,
+    /// Connections in a closing state ([`Pass::Bytes`]).
+    pub(crate) closing: Vec<ConnKey>,
     /// Namespaces dumped: the table can be compared with them.
     pub(crate) scanned: HashSet<u32>,
     /// Namespaces that exist but could not be dumped (no permission, or
@@ -166,12 +207,15 @@ pub(crate) struct Snapshot {
 
 type Reply = tokio::sync::oneshot::Sender<Result<Snapshot, SnapshotError>>;
 
+/// A request to the snapshot thread.
+type Request = (Scope, Pass, Reply);
+
 /// The one thread that takes snapshots. It enters other namespaces (which
 /// must never happen to a runtime thread), so it is the one thread that
 /// keeps `CAP_SYS_ADMIN` and `CAP_SYS_PTRACE`: it is started before the
 /// exporter drops its capabilities, and drops every other one itself.
 pub(crate) struct Snapshotter {
-    requests: std::sync::mpsc::Sender<(Scope, Reply)>,
+    requests: std::sync::mpsc::Sender<Request>,
 }
 
 impl Snapshotter {
@@ -179,7 +223,7 @@ impl Snapshotter {
     /// capabilities).
     pub(crate) fn start(exclude: &[Cidr]) -> Result<Self, SnapshotError> {
         let filter = Filter::excluding(exclude);
-        let (requests, incoming) = std::sync::mpsc::channel::<(Scope, Reply)>();
+        let (requests, incoming) = std::sync::mpsc::channel::<Request>();
         let home = File::open("/proc/thread-self/ns/net").map_err(SnapshotError::OwnNamespace)?;
         std::thread::Builder::new()
             .name("geoip-snapshot".into())
@@ -202,11 +246,11 @@ impl Snapshotter {
                     Err(err) => tracing::warn!(error = %err, "cannot drop the snapshot thread's capabilities"),
                 }
                 let mut broken = false;
-                for (scope, reply) in incoming {
+                for (scope, pass, reply) in incoming {
                     let answer = if broken {
                         Err(SnapshotError::Stranded)
                     } else {
-                        let answer = take(scope, &filter);
+                        let answer = take(scope, pass, &filter);
                         // Back home for the next one, whatever happened.
                         if let Err(err) = namespaces::enter_file(&home) {
                             tracing::error!(error = %err, "the snapshot thread cannot return to the exporter's network namespace; no more snapshots");
@@ -225,11 +269,12 @@ impl Snapshotter {
     pub(crate) fn request(
         &self,
         scope: Scope,
+        pass: Pass,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Snapshot, SnapshotError>>, SnapshotError>
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.requests
-            .send((scope, tx))
+            .send((scope, pass, tx))
             .map_err(|_| SnapshotError::Lost)?;
         Ok(rx)
     }
@@ -238,7 +283,7 @@ impl Snapshotter {
 /// Dump the exporter's own namespace, then (for [`Scope::All`]) enter
 /// each other one in turn. Runs on the snapshot thread, which starts in
 /// the exporter's namespace.
-fn take(scope: Scope, filter: &Filter) -> Result<Snapshot, SnapshotError> {
+fn take(scope: Scope, pass: Pass, filter: &Filter) -> Result<Snapshot, SnapshotError> {
     let start = Instant::now();
     let own = namespaces::own().map_err(SnapshotError::OwnNamespace)?;
     let mut snap = Snapshot::default();
@@ -246,13 +291,13 @@ fn take(scope: Scope, filter: &Filter) -> Result<Snapshot, SnapshotError> {
         Scope::All => own.id,
         Scope::OwnUntagged => 0,
     };
-    snap.conns = established(own_tag, filter)?;
+    snap.add(pass, &sockets(own_tag, pass, filter)?);
     snap.scanned.insert(own_tag);
     if scope == Scope::All {
         for ns in namespaces::all().into_iter().filter(|ns| ns.id != own.id) {
-            match enter_and_dump(&ns, filter) {
-                Ok(conns) => {
-                    snap.conns.extend(conns);
+            match enter_and_dump(&ns, pass, filter) {
+                Ok(sockets) => {
+                    snap.add(pass, &sockets);
                     snap.scanned.insert(ns.id);
                 }
                 Err(err) => {
@@ -266,6 +311,26 @@ fn take(scope: Scope, filter: &Filter) -> Result<Snapshot, SnapshotError> {
     Ok(snap)
 }
 
+impl Snapshot {
+    /// Add one namespace's `sockets`.
+    fn add(&mut self, pass: Pass, sockets: &[DiagSocket]) {
+        match pass {
+            Pass::Connections => self.conns.extend(classify(sockets)),
+            Pass::Bytes => {
+                for s in sockets {
+                    if i32::from(s.state) == tcp_state::ESTABLISHED {
+                        if let Some(c) = s.counters {
+                            self.bytes.push((s.key, c));
+                        }
+                    } else {
+                        self.closing.push(s.key);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum EnterError {
     #[error("cannot enter the namespace")]
@@ -274,9 +339,9 @@ enum EnterError {
     Dump(#[from] SnapshotError),
 }
 
-fn enter_and_dump(ns: &NetNs, filter: &Filter) -> Result<Vec<(ConnKey, Direction)>, EnterError> {
+fn enter_and_dump(ns: &NetNs, pass: Pass, filter: &Filter) -> Result<Vec<DiagSocket>, EnterError> {
     namespaces::enter(ns).map_err(EnterError::Enter)?;
-    Ok(established(ns.id, filter)?)
+    Ok(sockets(ns.id, pass, filter)?)
 }
 
 /// One socket of the dump.
@@ -284,33 +349,33 @@ fn enter_and_dump(ns: &NetNs, filter: &Filter) -> Result<Vec<(ConnKey, Direction
 pub(crate) struct DiagSocket {
     state: u8,
     key: ConnKey,
+    /// From its `tcp_info`, when asked for ([`Pass::Bytes`]).
+    counters: Option<Counters>,
 }
 
-/// ESTABLISHED TCP connections of the calling thread's network namespace
-/// (IPv4 and IPv6) with their derived direction, tagged `netns`.
-fn established(netns: u32, filter: &Filter) -> Result<Vec<(ConnKey, Direction)>, SnapshotError> {
-    let sockets = if ONE_DUMP_REFUSED.load(Ordering::Relaxed) {
-        per_family(netns, filter)?
-    } else {
-        match dump(Dump::Both, netns, filter) {
-            Ok(sockets) => sockets,
-            Err(err) => {
-                tracing::debug!(error = %crate::error_chain(&err), "the kernel refused one dump for both families; dumping each family");
-                ONE_DUMP_REFUSED.store(true, Ordering::Relaxed);
-                per_family(netns, filter)?
-            }
+/// The TCP sockets `pass` wants of the calling thread's network namespace
+/// (IPv4 and IPv6), tagged `netns`.
+fn sockets(netns: u32, pass: Pass, filter: &Filter) -> Result<Vec<DiagSocket>, SnapshotError> {
+    if ONE_DUMP_REFUSED.load(Ordering::Relaxed) {
+        return per_family(netns, pass, filter);
+    }
+    match dump(Dump::Both, netns, pass, filter) {
+        Ok(sockets) => Ok(sockets),
+        Err(err) => {
+            tracing::debug!(error = %crate::error_chain(&err), "the kernel refused one dump for both families; dumping each family");
+            ONE_DUMP_REFUSED.store(true, Ordering::Relaxed);
+            per_family(netns, pass, filter)
         }
-    };
-    Ok(classify(&sockets))
+    }
 }
 
 /// Set once the kernel refused [`Dump::Both`]: then every snapshot dumps
 /// each family.
 static ONE_DUMP_REFUSED: AtomicBool = AtomicBool::new(false);
 
-fn per_family(netns: u32, filter: &Filter) -> Result<Vec<DiagSocket>, SnapshotError> {
-    let mut sockets = dump(Dump::Family(AF_INET), netns, filter)?;
-    sockets.extend(dump(Dump::Family(AF_INET6), netns, filter)?);
+fn per_family(netns: u32, pass: Pass, filter: &Filter) -> Result<Vec<DiagSocket>, SnapshotError> {
+    let mut sockets = dump(Dump::Family(AF_INET), netns, pass, filter)?;
+    sockets.extend(dump(Dump::Family(AF_INET6), netns, pass, filter)?);
     Ok(sockets)
 }
 
@@ -336,6 +401,8 @@ impl Dump {
 
 /// `INET_DIAG_REQ_BYTECODE`: the request attribute holding a filter.
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
+/// `INET_DIAG_INFO`: the reply attribute holding `struct tcp_info`.
+const INET_DIAG_INFO: u8 = 2;
 /// Filter operations (`linux/inet_diag.h`).
 const INET_DIAG_BC_JMP: u8 = 1;
 const INET_DIAG_BC_D_COND: u8 = 8;
@@ -417,20 +484,22 @@ fn classify(sockets: &[DiagSocket]) -> Vec<(ConnKey, Direction)> {
         .collect()
 }
 
-fn dump(what: Dump, netns: u32, filter: &Filter) -> Result<Vec<DiagSocket>, SnapshotError> {
-    let fd = request(what, filter).map_err(|source| SnapshotError::Io {
+fn dump(
+    what: Dump,
+    netns: u32,
+    pass: Pass,
+    filter: &Filter,
+) -> Result<Vec<DiagSocket>, SnapshotError> {
+    let fd = request(what, pass, filter).map_err(|source| SnapshotError::Io {
         family: what.name(),
         source,
     })?;
     read_replies(&fd, what.name(), netns)
 }
 
-/// The TCP states dumped.
-const STATES: u32 = (1 << tcp_state::ESTABLISHED) | (1 << tcp_state::LISTEN);
-
 /// The bytes of a dump request: header, request, then `filter` (if any)
 /// as its attribute.
-fn request_bytes(what: Dump, filter: &Filter) -> Vec<u8> {
+fn request_bytes(what: Dump, pass: Pass, filter: &Filter) -> Vec<u8> {
     let (kind, body) = match what {
         Dump::Both => (
             TCPDIAG_GETSOCK,
@@ -438,9 +507,9 @@ fn request_bytes(what: Dump, filter: &Filter) -> Vec<u8> {
                 family: u8::try_from(AF_INET).unwrap_or(0),
                 src_len: 0,
                 dst_len: 0,
-                ext: 0,
+                ext: pass.ext(),
                 id: InetDiagSockId::zeroed(),
-                states: STATES,
+                states: pass.states(),
                 dbs: 0,
             })
             .to_vec(),
@@ -450,9 +519,9 @@ fn request_bytes(what: Dump, filter: &Filter) -> Vec<u8> {
             bytemuck::bytes_of(&InetDiagReqV2 {
                 family: u8::try_from(family).unwrap_or(0),
                 protocol: u8::try_from(IPPROTO_TCP).unwrap_or(0),
-                ext: 0,
+                ext: pass.ext(),
                 pad: 0,
-                states: STATES,
+                states: pass.states(),
                 id: InetDiagSockId::zeroed(),
             })
             .to_vec(),
@@ -484,9 +553,9 @@ fn request_bytes(what: Dump, filter: &Filter) -> Vec<u8> {
     bytes
 }
 
-/// Open a `sock_diag` socket and ask for the TCP sockets that are
-/// ESTABLISHED or listening and pass `filter`.
-fn request(what: Dump, filter: &Filter) -> io::Result<OwnedFd> {
+/// Open a `sock_diag` socket and ask for the TCP sockets `pass` wants
+/// that pass `filter`.
+fn request(what: Dump, pass: Pass, filter: &Filter) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the result is checked before use.
     let fd = unsafe {
         libc::socket(
@@ -500,7 +569,7 @@ fn request(what: Dump, filter: &Filter) -> io::Result<OwnedFd> {
     }
     // SAFETY: `fd` is a fresh descriptor we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let bytes = request_bytes(what, filter);
+    let bytes = request_bytes(what, pass, filter);
     // SAFETY: `sockaddr_nl` is plain data; all-zero is the kernel's address.
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = u16::try_from(libc::AF_NETLINK).unwrap_or(0);
@@ -591,6 +660,7 @@ pub(crate) fn parse_messages(
                     sockets.push(DiagSocket {
                         state: msg.state,
                         key,
+                        counters: tcp_info_counters(&payload[size_of::<InetDiagMsg>()..]),
                     });
                 }
             }
@@ -601,6 +671,36 @@ pub(crate) fn parse_messages(
         rest = &rest[next..];
     }
     Ok(false)
+}
+
+/// The byte counters in the `INET_DIAG_INFO` attribute (`struct
+/// tcp_info`) among `attrs`, if there is one long enough (Linux 4.1 and
+/// later): `tcpi_bytes_acked` at byte 120, `tcpi_bytes_received` at 128.
+/// An ESTABLISHED socket has no FIN in them.
+fn tcp_info_counters(mut attrs: &[u8]) -> Option<Counters> {
+    const BYTES_ACKED: usize = 120;
+    const BYTES_RECEIVED: usize = 128;
+    let u64_at = |b: &[u8], at: usize| {
+        b.get(at..at + 8)
+            .and_then(|s| s.try_into().ok())
+            .map(u64::from_ne_bytes)
+    };
+    while attrs.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]);
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if kind == u16::from(INET_DIAG_INFO) {
+            let info = &attrs[4..len];
+            return Some(Counters {
+                acked: u64_at(info, BYTES_ACKED)?,
+                received: u64_at(info, BYTES_RECEIVED)?,
+            });
+        }
+        attrs = attrs.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    None
 }
 
 fn key_of(msg: &InetDiagMsg, netns: u32) -> Option<ConnKey> {
@@ -627,6 +727,13 @@ mod tests {
 
     use super::*;
     use crate::filter::ip;
+
+    fn established(
+        netns: u32,
+        filter: &Filter,
+    ) -> Result<Vec<(ConnKey, Direction)>, SnapshotError> {
+        Ok(classify(&sockets(netns, Pass::Connections, filter)?))
+    }
 
     /// Real sockets on loopback, seen through the real kernel interface.
     #[test]
@@ -744,8 +851,8 @@ mod tests {
                 keys.sort();
                 keys
             };
-            let both = mine(dump(Dump::Both, 7, &filter).unwrap());
-            let each = mine(per_family(7, &filter).unwrap());
+            let both = mine(dump(Dump::Both, 7, Pass::Connections, &filter).unwrap());
+            let each = mine(per_family(7, Pass::Connections, &filter).unwrap());
             assert_eq!(both, each);
             assert!(
                 both.iter().any(|(_, k)| k.contains("::1")),
@@ -757,11 +864,78 @@ mod tests {
     }
 
     fn mine_count(ports: &[u16]) -> usize {
-        dump(Dump::Both, 7, &Filter::default())
+        dump(Dump::Both, 7, Pass::Connections, &Filter::default())
             .unwrap()
             .iter()
             .filter(|s| ports.contains(&s.key.local_port) || ports.contains(&s.key.remote_port))
             .count()
+    }
+
+    /// The bytes pass reads each ESTABLISHED socket's counters from
+    /// `tcp_info`: what each end sent and received (the connecting end's
+    /// SYN counted in what it sent), and lists closing sockets.
+    #[test]
+    fn the_bytes_pass_reads_tcp_info() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        c.write_all(&[1; 1234]).unwrap();
+        let mut b = vec![0; 1234];
+        s.read_exact(&mut b).unwrap();
+        s.write_all(&[2; 77]).unwrap();
+        let mut b = vec![0; 77];
+        c.read_exact(&mut b).unwrap();
+        // Let the last ACKs arrive.
+        std::thread::sleep(Duration::from_millis(50));
+        let found = sockets(7, Pass::Bytes, &Filter::default()).unwrap();
+        let counters = |local: std::net::SocketAddr| {
+            found
+                .iter()
+                .find(|d| {
+                    d.key.local_port == local.port() && i32::from(d.state) == tcp_state::ESTABLISHED
+                })
+                .and_then(|d| d.counters)
+        };
+        assert_eq!(
+            counters(c.local_addr().unwrap()),
+            Some(Counters {
+                received: 77,
+                acked: 1235
+            }),
+            "client: its SYN is in acked"
+        );
+        assert_eq!(
+            counters(s.local_addr().unwrap()),
+            Some(Counters {
+                received: 1234,
+                acked: 77
+            })
+        );
+        // After a FIN the socket is closing: listed, without counters.
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut snap = Snapshot::default();
+        snap.add(
+            Pass::Bytes,
+            &sockets(7, Pass::Bytes, &Filter::default()).unwrap(),
+        );
+        let port = |k: &ConnKey| k.local_port;
+        assert!(
+            snap.closing
+                .iter()
+                .any(|k| port(k) == c.local_addr().unwrap().port())
+        );
+        assert!(
+            snap.closing
+                .iter()
+                .any(|k| port(k) == s.local_addr().unwrap().port())
+        );
+        assert!(
+            !snap
+                .bytes
+                .iter()
+                .any(|(k, _)| port(k) == s.local_addr().unwrap().port())
+        );
     }
 
     #[test]
@@ -777,14 +951,17 @@ mod tests {
             DiagSocket {
                 state: 10,
                 key: k(443, 0),
+                counters: None,
             },
             DiagSocket {
                 state: 1,
                 key: k(443, 50000),
+                counters: None,
             },
             DiagSocket {
                 state: 1,
                 key: k(50001, 443),
+                counters: None,
             },
         ];
         let got = classify(&sockets);

@@ -8,10 +8,11 @@ use std::{
 };
 
 use crate::{
-    events::{Change, ConnKey, Direction, Event},
+    events::{Change, Comm, ConnKey, Direction, Event},
     filter::{Exclusions, from_canonical},
     geo::{Country, Databases, Geo},
-    labels::{Labels, Slots},
+    labels::{Labels, Opening, Slots},
+    measures::Measures,
     metrics::Recorder,
     snapshot::Snapshot,
 };
@@ -31,11 +32,11 @@ struct Tracked {
 /// 4-tuples that collide. Two of n live connections share one with
 /// probability about n^2 / 2^65 (3 * 10^-10 at 100,000); the reconcile
 /// would repair the miscount.
-type Fingerprint = u64;
+pub(crate) type Fingerprint = u64;
 
 /// Hashes a [`Fingerprint`] to itself: it is already a uniform hash.
 #[derive(Clone, Copy, Default)]
-struct Prehashed(u64);
+pub(crate) struct Prehashed(u64);
 
 impl Hasher for Prehashed {
     fn finish(&self) -> u64 {
@@ -54,7 +55,7 @@ impl Hasher for Prehashed {
     }
 }
 
-type ByFingerprint<V> = HashMap<Fingerprint, V, BuildHasherDefault<Prehashed>>;
+pub(crate) type ByFingerprint<V> = HashMap<Fingerprint, V, BuildHasherDefault<Prehashed>>;
 
 /// What [`Tracker::apply`] did with an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +72,8 @@ pub(crate) enum Outcome {
     /// A close for a connection never tracked (excluded, or opened in
     /// another network namespace before the exporter started).
     Untracked,
+    /// The last reading of a connection's bytes (`--metrics.bytes`).
+    Finished,
 }
 
 /// Why a snapshot is merged into the table.
@@ -132,6 +135,8 @@ pub(crate) struct Tracker {
     /// The opt-in families (`--labels`), and every tracked connection's
     /// slots in them.
     labels: Option<(Labels, ByFingerprint<Slots>)>,
+    /// Durations and bytes (`--metrics.duration`, `--metrics.bytes`).
+    measures: Measures,
     exclusions: Exclusions,
     geo: Geo,
     recorder: Recorder,
@@ -150,6 +155,7 @@ impl Tracker {
             keys: RandomState::new(),
             addresses: None,
             labels: None,
+            measures: Measures::default(),
             exclusions,
             geo,
             recorder,
@@ -168,6 +174,12 @@ impl Tracker {
     /// Also count connections in the opt-in families (`--labels`).
     pub(crate) fn with_labels(mut self, labels: Option<Labels>) -> Self {
         self.labels = labels.map(|l| (l, ByFingerprint::default()));
+        self
+    }
+
+    /// Also measure durations and bytes.
+    pub(crate) fn with_measures(mut self, measures: Measures) -> Self {
+        self.measures = measures;
         self
     }
 
@@ -241,16 +253,41 @@ impl Tracker {
         match event.change {
             Change::Open(direction) => {
                 self.recorder.event_read(true);
-                self.open(fp, &event.key, direction)
+                let outcome = self.open(fp, &event.key, direction, event.extra.comm);
+                if outcome == Outcome::Opened {
+                    self.measures.opened(fp, direction, &event.extra);
+                }
+                outcome
             }
             Change::Close => {
                 self.recorder.event_read(false);
-                self.close(fp)
+                match self.close(fp) {
+                    Some(t) => {
+                        self.measures.closed(
+                            fp,
+                            (t.country, t.direction, t.netns),
+                            &event.extra,
+                            &mut self.recorder,
+                        );
+                        Outcome::Closed
+                    }
+                    None => Outcome::Untracked,
+                }
+            }
+            Change::Final => {
+                self.measures.finished(fp, &event.extra, &mut self.recorder);
+                Outcome::Finished
             }
         }
     }
 
-    fn open(&mut self, fp: Fingerprint, key: &ConnKey, direction: Direction) -> Outcome {
+    fn open(
+        &mut self,
+        fp: Fingerprint,
+        key: &ConnKey,
+        direction: Direction,
+        comm: Option<Comm>,
+    ) -> Outcome {
         if self.exclusions.excludes(key.remote) {
             return Outcome::Excluded;
         }
@@ -267,19 +304,14 @@ impl Tracker {
                     // The same 4-tuple the other way round: the old
                     // connection is gone, its close was lost.
                     entry.get_mut().direction = direction;
-                    self.recorder.closed(old.country, old.direction);
-                    self.recorder.opened(old.country, direction);
-                    if let Some((labels, slots)) = &mut self.labels
-                        && let Some(s) = slots.get_mut(&fp)
-                    {
-                        labels.close(*s, old.country, old.direction, &mut self.recorder);
-                        *s = labels.open(
-                            from_canonical(key.remote),
-                            old.country,
-                            direction,
-                            &mut self.recorder,
-                        );
-                    }
+                    uncount(
+                        &mut self.recorder,
+                        &mut self.labels,
+                        fp,
+                        old.country,
+                        old.direction,
+                    );
+                    self.count(fp, key, old.country, direction, comm);
                 }
                 Outcome::AlreadyTracked
             }
@@ -300,37 +332,75 @@ impl Tracker {
                 if let Some(addresses) = &mut self.addresses {
                     addresses.insert(fp, *key);
                 }
-                self.recorder.opened(country, direction);
-                if let Some((labels, slots)) = &mut self.labels {
-                    let s = labels.open(
-                        from_canonical(key.remote),
-                        country,
-                        direction,
-                        &mut self.recorder,
-                    );
-                    slots.insert(fp, s);
-                }
+                self.count(fp, key, country, direction, comm);
                 Outcome::Opened
             }
         }
     }
 
-    fn close(&mut self, fp: Fingerprint) -> Outcome {
-        match self.conns.remove(&fp) {
-            Some(t) => {
-                if let Some(addresses) = &mut self.addresses {
-                    addresses.remove(&fp);
-                }
-                self.recorder.closed(t.country, t.direction);
-                if let Some((labels, slots)) = &mut self.labels
-                    && let Some(s) = slots.remove(&fp)
-                {
-                    labels.close(s, t.country, t.direction, &mut self.recorder);
-                }
-                Outcome::Closed
-            }
-            None => Outcome::Untracked,
+    /// Count a connection that opened, in every family.
+    fn count(
+        &mut self,
+        fp: Fingerprint,
+        key: &ConnKey,
+        country: Country,
+        direction: Direction,
+        comm: Option<Comm>,
+    ) {
+        let Some((labels, slots)) = &mut self.labels else {
+            self.recorder.opened(country, direction, 0, String::new);
+            return;
+        };
+        let conn = Opening {
+            remote: from_canonical(key.remote),
+            local_port: key.local_port,
+            direction,
+            comm,
+        };
+        let s = labels.open(conn, country, &mut self.recorder);
+        self.recorder.opened(country, direction, s.service, || {
+            labels.service_label(s.service)
+        });
+        slots.insert(fp, s);
+    }
+
+    /// Uncount the connection `fp`; what it was counted as, if tracked.
+    fn close(&mut self, fp: Fingerprint) -> Option<Tracked> {
+        let t = self.conns.remove(&fp)?;
+        if let Some(addresses) = &mut self.addresses {
+            addresses.remove(&fp);
         }
+        uncount(
+            &mut self.recorder,
+            &mut self.labels,
+            fp,
+            t.country,
+            t.direction,
+        );
+        Some(t)
+    }
+
+    /// Count the bytes the accounting pass `snapshot` read of open
+    /// connections since the last reading; forget closing connections
+    /// it no longer saw in the namespaces it read.
+    pub(crate) fn account(&mut self, snapshot: &Snapshot) {
+        for &(key, counters) in &snapshot.bytes {
+            let fp = self.fingerprint(&key);
+            if let Some(t) = self.conns.get(&fp) {
+                self.measures
+                    .account(fp, t.country, t.direction, counters, &mut self.recorder);
+            } else {
+                self.measures
+                    .account_closing(fp, counters, &mut self.recorder);
+            }
+        }
+        let closing: HashSet<Fingerprint, BuildHasherDefault<Prehashed>> = snapshot
+            .closing
+            .iter()
+            .map(|k| self.fingerprint(k))
+            .collect();
+        self.measures
+            .sweep_closing(|fp, netns| closing.contains(&fp) || !snapshot.scanned.contains(&netns));
     }
 
     /// A snapshot is about to be taken: from now on remember which
@@ -367,6 +437,7 @@ impl Tracker {
         let namespaces = &self.namespaces;
         let addresses = &mut self.addresses;
         let labels = &mut self.labels;
+        let measures = &mut self.measures;
         self.conns.retain(|fp, tracked| {
             let ns = tracked.netns;
             let covered = snapshot.scanned.contains(&ns)
@@ -384,12 +455,8 @@ impl Tracker {
                 if let Some(addresses) = addresses {
                     addresses.remove(fp);
                 }
-                recorder.closed(tracked.country, tracked.direction);
-                if let Some((labels, slots)) = labels
-                    && let Some(s) = slots.remove(fp)
-                {
-                    labels.close(s, tracked.country, tracked.direction, recorder);
-                }
+                uncount(recorder, labels, *fp, tracked.country, tracked.direction);
+                measures.forget(*fp);
                 report.removed += 1;
             }
             !stale
@@ -403,7 +470,7 @@ impl Tracker {
                         "reconcile: ESTABLISHED but untracked, counted"
                     );
                 }
-                self.open(fp, &key, direction);
+                self.open(fp, &key, direction, None);
                 report.added += 1;
             }
         }
@@ -415,6 +482,26 @@ impl Tracker {
         self.namespaces.extend(&snapshot.scanned);
         report
     }
+}
+
+/// Uncount the connection `fp` (in `country`, `direction`) from every
+/// family.
+fn uncount(
+    recorder: &mut Recorder,
+    labels: &mut Option<(Labels, ByFingerprint<Slots>)>,
+    fp: Fingerprint,
+    country: Country,
+    direction: Direction,
+) {
+    let Some((labels, slots)) = labels else {
+        recorder.closed(country, direction, 0, String::new);
+        return;
+    };
+    let s = slots.remove(&fp).unwrap_or_default();
+    recorder.closed(country, direction, s.service, || {
+        labels.service_label(s.service)
+    });
+    labels.close(s, country, direction, recorder);
 }
 
 #[cfg(test)]
@@ -465,7 +552,7 @@ mod tests {
             conns: conns.to_vec(),
             scanned: scanned.iter().copied().collect(),
             unreadable: unreadable.iter().copied().collect(),
-            elapsed: std::time::Duration::ZERO,
+            ..Snapshot::default()
         }
     }
 
@@ -480,6 +567,7 @@ mod tests {
         Event {
             key: k,
             change: Change::Open(d),
+            extra: crate::events::Extra::default(),
         }
     }
 
@@ -487,6 +575,7 @@ mod tests {
         Event {
             key: k,
             change: Change::Close,
+            extra: crate::events::Extra::default(),
         }
     }
 

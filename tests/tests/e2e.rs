@@ -269,12 +269,20 @@ fn an_idle_exporter_is_woken_by_the_first_event() {
     );
 }
 
+/// Every build of the program, and each with every combination of its
+/// opt-in features, passes this kernel's verifier and attaches.
 #[test]
 fn every_build_of_the_kernel_program_loads() {
-    use geoip_user::bench::{PROGRAM, PROGRAM_ANY_LAYOUT, PROGRAM_EMPTY, attach_program};
+    use geoip_user::bench::{PROGRAM, PROGRAM_ANY_LAYOUT, PROGRAM_EMPTY, attach_program_with};
     for name in [PROGRAM, PROGRAM_ANY_LAYOUT, PROGRAM_EMPTY] {
-        let attached = attach_program(name);
-        assert!(attached.is_ok(), "{name}: {:?}", attached.err());
+        for features in 0..8 {
+            let attached = attach_program_with(name, features);
+            assert!(
+                attached.is_ok(),
+                "{name} with features {features:#b}: {:?}",
+                attached.err()
+            );
+        }
     }
 }
 

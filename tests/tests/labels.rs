@@ -1,6 +1,7 @@
-//! The opt-in families (`--labels asn,city`), as root against the real
-//! kernel: exact series for connections to test hosts, the caps forced
-//! with more distinct values than the limit, and the database checks.
+//! The opt-in labels (`--labels service,asn,city`), as root against the
+//! real kernel: exact series for connections to and from test hosts, the
+//! caps forced with more distinct values than the limit, and the database
+//! checks.
 
 use std::{collections::BTreeMap, net::TcpStream};
 
@@ -10,7 +11,7 @@ use geoip_tests::{
     fixtures::{
         BR_V4, DE_V4, DE_V6, JP_V4, write_asn_labels_database, write_city_database, write_database,
     },
-    netns::{TestNet, sock},
+    netns::{HOST_V4, TestNet, host_listener, sock},
 };
 use geoip_user as _;
 use libc as _;
@@ -178,4 +179,77 @@ fn labels_without_their_database_are_usage_errors() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+/// `--labels service`: an outbound connection is counted under the name
+/// of the process (thread) that made it, an inbound one under the local
+/// port it came to; with a limit of two the third value is `other`.
+#[test]
+fn the_service_label_is_the_process_or_the_port_and_is_capped() {
+    let dir = temp_dir("service");
+    let db = dir.join("country.mmdb");
+    write_database(&db);
+    let net = TestNet::create("service", &[DE_V4, JP_V4]);
+    let _server = net.serve(PORT);
+    let (first, first_port) = host_listener();
+    let (second, second_port) = host_listener();
+    let exporter = Exporter::start(
+        &dir,
+        &[
+            "--geoip.database",
+            db.to_str().expect("utf-8"),
+            "--labels=service",
+            "--labels.service-limit=2",
+        ],
+    );
+    // Outbound, from a thread whose name the kernel sees as its comm.
+    let target = sock(DE_V4, PORT);
+    net.check_route(target.ip());
+    let out = std::thread::Builder::new()
+        .name("geoip-svc-out".into())
+        .spawn(move || TcpStream::connect(target).expect("connect"))
+        .expect("thread")
+        .join()
+        .expect("connected");
+    let _ =
+        exporter.wait_for(|s| s.get("geoip_exporter_connections_tracked").copied() >= Some(1.0));
+    // Inbound to two listening ports: the first gets its series, the
+    // second is past the limit.
+    let in_first = net.connect_from(JP_V4, sock(HOST_V4, first_port));
+    let _ =
+        exporter.wait_for(|s| s.get("geoip_exporter_connections_tracked").copied() >= Some(2.0));
+    let in_second = net.connect_from(JP_V4, sock(HOST_V4, second_port));
+    let all =
+        exporter.wait_for(|s| s.get("geoip_exporter_connections_tracked").copied() >= Some(3.0));
+    let series = |country: &str, direction: &str, service: &str| {
+        format!("{{country=\"{country}\",direction=\"{direction}\",service=\"{service}\"}}")
+    };
+    assert_eq!(
+        family(&all, "geoip_connections"),
+        expect(&[
+            (series("DE", "outbound", "geoip-svc-out"), 1.0),
+            (series("JP", "inbound", &first_port.to_string()), 1.0),
+            (series("JP", "inbound", "other"), 1.0),
+        ]),
+        "second port {second_port}"
+    );
+    assert_eq!(
+        all.get(&format!(
+            "geoip_connections_opened_total{}",
+            series("DE", "outbound", "geoip-svc-out")
+        )),
+        Some(&1.0)
+    );
+    let lint = promtool_check_metrics(&exporter.scrape());
+    assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
+    drop((out, in_first, in_second, first, second));
+    let closed =
+        exporter.wait_for(|s| s.get("geoip_exporter_connections_tracked").copied() == Some(0.0));
+    assert!(
+        family(&closed, "geoip_connections")
+            .values()
+            .all(|v| *v == 0.0),
+        "{closed:#?}"
+    );
+    assert_eq!(exporter.stop(libc::SIGTERM).code(), Some(0));
 }
