@@ -5,9 +5,10 @@
 //!   folder, and on the configuration the real-server tests generate;
 //!   `promtool check rules` and `promtool test rules` on the rules;
 //! - the dashboard: its variables, the data source variable on every
-//!   panel and query, the Geomap panel's country lookup, the layout, and
-//!   every metric and label it reads taken from the live `/metrics` of an
-//!   exporter counting a real connection (root);
+//!   panel and query, the Geomap panels (countries by lookup, cities by
+//!   coordinates), the layout, and every metric and label it reads taken
+//!   from the live `/metrics` of an exporter counting a real connection
+//!   with `--labels asn,city` (root);
 //! - the provisioning files point Grafana at the dashboard.
 
 use std::{
@@ -21,7 +22,7 @@ use std::{
 use bcrypt as _;
 use geoip_tests::{
     exporter::{Exporter, nonzero, run_command_to_exit, temp_dir},
-    fixtures::write_database,
+    fixtures::{write_asn_labels_database, write_city_database, write_database},
     netns::TestNet,
     prometheus::{
         PanelQuery, dashboard_panels, dashboard_queries, deploy_dir, exposed_metric_names,
@@ -45,6 +46,10 @@ const PER_COUNTRY: &[&str] = &[
     "geoip_connections_opened_total",
     "geoip_connections_closed_total",
 ];
+
+/// The opt-in families (`--labels asn,city`) that count connections by
+/// direction too.
+const BY_LABEL: &[&str] = &["geoip_connections_by_asn", "geoip_connections_by_city"];
 
 /// What Grafana substitutes for the variables with "All" selected.
 const ALL: &[(&str, &str)] = &[
@@ -323,7 +328,7 @@ fn queries_filter_by_the_variables_and_show_what_the_issue_asks_for() {
     for var in ["$job", "$instance", "$direction", "$__rate_interval"] {
         assert!(used(var), "no query uses {var}");
     }
-    check_geomap(&dashboard_panels(&d));
+    check_geomaps(&dashboard_panels(&d));
 
     // The panels the issue asks for.
     let has = |kind: &str, want: &dyn Fn(&PanelQuery) -> bool| {
@@ -364,6 +369,35 @@ fn queries_filter_by_the_variables_and_show_what_the_issue_asks_for() {
             .contains("time() - geoip_exporter_database_build_timestamp_seconds")),
         "the database's age"
     );
+    assert!(
+        has("table", &|q| q.expr.starts_with("topk(")
+            && by(q, &["asn", "as_org"])
+            && reads(q, "geoip_connections_by_asn")),
+        "a table of the busiest networks"
+    );
+
+    // The opt-in families' panels say which flag they need.
+    for p in dashboard_panels(&d) {
+        let title = p["title"].as_str().unwrap_or_default();
+        let description = p["description"].as_str().unwrap_or_default();
+        let read: BTreeSet<String> = p["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["expr"].as_str())
+            .flat_map(|e| metric_names(e).expect("names"))
+            .collect();
+        for (family, flag) in [
+            ("geoip_connections_by_asn", "--labels asn"),
+            ("geoip_connections_by_city", "--labels city"),
+            ("geoip_city_location_info", "--labels city"),
+        ] {
+            assert!(
+                !read.contains(family) || description.contains(flag),
+                "{title}: reads {family}, its description must say it needs {flag}"
+            );
+        }
+    }
 }
 
 /// One panel query: it parses, it filters by the job and instance
@@ -386,7 +420,7 @@ fn check_query(q: &PanelQuery) {
         );
         if s.metric
             .as_deref()
-            .is_some_and(|m| PER_COUNTRY.contains(&m))
+            .is_some_and(|m| PER_COUNTRY.contains(&m) || BY_LABEL.contains(&m))
             && !split
         {
             assert!(
@@ -405,43 +439,115 @@ fn check_query(q: &PanelQuery) {
     }
 }
 
-/// The world map: countries by ISO code through the built-in gazetteer.
-fn check_geomap(panels: &[&Value]) {
-    let maps: Vec<&&Value> = panels.iter().filter(|p| p["type"] == "geomap").collect();
-    assert_eq!(maps.len(), 1, "one Geomap panel");
-    let map = maps[0];
-    let layers = map["options"]["layers"].as_array().expect("layers");
-    assert_eq!(layers.len(), 1, "one data layer");
-    let layer = &layers[0];
-    assert_eq!(layer["type"], "markers");
+/// The world maps: countries by ISO code through the built-in gazetteer,
+/// and cities by the coordinates their location info gives them.
+fn check_geomaps(panels: &[&Value]) {
+    let maps: Vec<&Value> = panels
+        .iter()
+        .copied()
+        .filter(|p| p["type"] == "geomap")
+        .collect();
+    assert_eq!(maps.len(), 2, "two Geomap panels: countries and cities");
+    let by_mode = |mode: &str| -> &Value {
+        let found: Vec<&&Value> = maps
+            .iter()
+            .filter(|m| m["options"]["layers"][0]["location"]["mode"] == mode)
+            .collect();
+        assert_eq!(found.len(), 1, "one Geomap panel with location mode {mode}");
+        found[0]
+    };
+
+    let countries = by_mode("lookup");
+    let expr = check_markers(countries);
     assert_eq!(
-        layer["location"],
+        countries["options"]["layers"][0]["location"],
         json!({"mode": "lookup", "lookup": "country", "gazetteer": "public/gazetteer/countries.json"}),
         "markers placed by the country code through Grafana's country gazetteer"
     );
-    let style = &layer["config"]["style"];
-    assert_eq!(style["size"]["field"], "Value", "sized by the count");
-    assert_eq!(style["color"]["field"], "Value", "coloured by the count");
-    assert!(
-        map["fieldConfig"]["defaults"]["color"]["mode"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("continuous-")),
-        "a colour scale for the count"
-    );
-    assert!(map["options"]["basemap"].is_object() && map["options"]["view"].is_object());
-    let targets = map["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 1, "one query: its value field is \"Value\"");
-    let expr = targets[0]["expr"].as_str().expect("expr");
     assert_eq!(
-        grouping_labels(expr).expect("grouping"),
+        grouping_labels(&expr).expect("grouping"),
         BTreeSet::from(["country".to_owned()]),
         "one row per country: {expr}"
     );
     assert_eq!(
-        metric_names(expr).expect("names"),
+        metric_names(&expr).expect("names"),
         BTreeSet::from(["geoip_connections".to_owned()]),
         "{expr}"
     );
+
+    let cities = by_mode("coords");
+    let expr = check_markers(cities);
+    assert_eq!(
+        cities["options"]["layers"][0]["location"],
+        json!({"mode": "coords", "latitude": "latitude", "longitude": "longitude"}),
+        "markers placed by the latitude and longitude fields"
+    );
+    assert_eq!(
+        grouping_labels(&expr).expect("grouping"),
+        ["country", "city", "latitude", "longitude"]
+            .map(str::to_owned)
+            .into(),
+        "one row per city, with its coordinates: {expr}"
+    );
+    assert_eq!(
+        metric_names(&expr).expect("names"),
+        ["geoip_connections_by_city", "geoip_city_location_info"]
+            .map(str::to_owned)
+            .into(),
+        "{expr}"
+    );
+    // Prometheus labels are strings: the coordinates become numbers.
+    let converted: BTreeSet<&str> = cities["transformations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["id"] == "convertFieldType")
+        .flat_map(|t| t["options"]["conversions"].as_array().into_iter().flatten())
+        .filter(|c| c["destinationType"] == "number")
+        .filter_map(|c| c["targetField"].as_str())
+        .collect();
+    assert_eq!(
+        converted,
+        BTreeSet::from(["latitude", "longitude"]),
+        "latitude and longitude converted to numbers"
+    );
+    assert_eq!(
+        cities["fieldConfig"]["defaults"]["fieldMinMax"], true,
+        "the count's colour scale is its own, not shared with the coordinates"
+    );
+}
+
+/// A Geomap panel of one markers layer sized and coloured by its one
+/// query's count; returns that query.
+fn check_markers(map: &Value) -> String {
+    let title = map["title"].as_str().unwrap_or_default();
+    let layers = map["options"]["layers"].as_array().expect("layers");
+    assert_eq!(layers.len(), 1, "{title}: one data layer");
+    let layer = &layers[0];
+    assert_eq!(layer["type"], "markers", "{title}");
+    let style = &layer["config"]["style"];
+    assert_eq!(
+        style["size"]["field"], "Value",
+        "{title}: sized by the count"
+    );
+    assert_eq!(
+        style["color"]["field"], "Value",
+        "{title}: coloured by the count"
+    );
+    assert!(
+        map["fieldConfig"]["defaults"]["color"]["mode"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("continuous-")),
+        "{title}: a colour scale for the count"
+    );
+    assert!(map["options"]["basemap"].is_object() && map["options"]["view"].is_object());
+    let targets = map["targets"].as_array().expect("targets");
+    assert_eq!(
+        targets.len(),
+        1,
+        "{title}: one query, its value field is \"Value\""
+    );
+    targets[0]["expr"].as_str().expect("expr").to_owned()
 }
 
 /// The label names of a `/metrics` text.
@@ -463,14 +569,38 @@ fn exposed_label_names(text: &str) -> BTreeSet<String> {
     names
 }
 
+/// An exporter with a country, an ASN and a city database and every
+/// opt-in family (`--labels asn,city`).
+fn start_with_every_family() -> Exporter {
+    let dir = temp_dir("deploy");
+    let (db, asn_db, city_db) = (
+        dir.join("test.mmdb"),
+        dir.join("asn.mmdb"),
+        dir.join("city.mmdb"),
+    );
+    write_database(&db);
+    write_asn_labels_database(&asn_db);
+    write_city_database(&city_db);
+    let path = |p: &Path| p.to_str().expect("utf-8").to_owned();
+    Exporter::start(
+        &dir,
+        &[
+            "--geoip.database",
+            &path(&db),
+            "--geoip.database",
+            &path(&asn_db),
+            "--geoip.database",
+            &path(&city_db),
+            "--labels=asn,city",
+        ],
+    )
+}
+
 #[test]
 fn dashboard_reads_only_what_a_live_exporter_exports() {
-    let dir = temp_dir("deploy");
-    let db = dir.join("test.mmdb");
-    write_database(&db);
     let net = TestNet::create("deploy", &[DE_HOST]);
     let _remote = net.serve(SERVICE_PORT);
-    let exporter = Exporter::start(&dir, &["--geoip.database", db.to_str().expect("utf-8")]);
+    let exporter = start_with_every_family();
     let target = SocketAddr::new(DE_HOST.parse::<IpAddr>().expect("address"), SERVICE_PORT);
     let conn = net.connect_to(target);
     let samples = exporter.wait_for(|s| !nonzero(s, "geoip_connections").is_empty());
@@ -481,7 +611,13 @@ fn dashboard_reads_only_what_a_live_exporter_exports() {
     );
     let text = exporter.scrape();
     let live = exposed_metric_names(&text);
-    for family in PER_COUNTRY {
+    // The DE host is in Berlin and AS64500: the opt-in families have a
+    // series too.
+    for family in PER_COUNTRY
+        .iter()
+        .chain(BY_LABEL)
+        .chain(&["geoip_city_location_info"])
+    {
         assert!(live.contains(*family), "{family} in {live:?}");
     }
     // Prometheus adds the target's job and instance labels.

@@ -2,14 +2,16 @@
 //! real connections to test hosts in a network namespace, Prometheus
 //! scrapes them every second and evaluates `deploy/prometheus/rules.yml`,
 //! and every `PromQL` expression of the Grafana dashboard and of the rules
-//! is run through Prometheus's HTTP API and its per-country answer
-//! compared with the connections the test made.
+//! is run through Prometheus's HTTP API and its answer (per country,
+//! city or network) compared with the connections the test made.
 //!
 //! The two exporters see the same kernel; exporter B excludes the JP test
 //! hosts, so a query that reads one instance and one that sums both give
 //! different, known answers. Both exclude every address but this test's
 //! own hosts, so other traffic on the machine (other tests, package
-//! downloads) cannot change a count.
+//! downloads) cannot change a count. Both run with an ASN and a city
+//! database and `--labels asn,city`, for the panels of networks and
+//! cities.
 #![expect(
     clippy::float_cmp,
     reason = "sample values are integers, compared exactly"
@@ -24,7 +26,7 @@ use std::{
 use bcrypt as _;
 use geoip_tests::{
     exporter::{Exporter, promtool_check_metrics, temp_dir},
-    fixtures::write_database,
+    fixtures::{write_asn_labels_database, write_city_database, write_database},
     netns::{HOST_V4, HOST_V6, Server, TestNet, host_listener, sock},
     prometheus::{
         PanelQuery, PrometheusServer, Sample, dashboard_queries, deploy_dir, exposed_metric_names,
@@ -58,6 +60,44 @@ const RATE_INTERVAL: &str = "1m";
 const RANGE: &str = "5m";
 
 type Labels = BTreeMap<String, String>;
+
+/// What the ASN and city databases (`fixtures::write_asn_labels_database`,
+/// `fixtures::write_city_database`) answer for this test's hosts of one
+/// country: the hosts of a country answer alike.
+struct Place {
+    asn: &'static str,
+    as_org: &'static str,
+    city: &'static str,
+    /// The city's `latitude` and `longitude` labels, as exported.
+    location: Option<(&'static str, &'static str)>,
+}
+
+fn place_of(country: &str) -> Place {
+    match country {
+        "DE" => Place {
+            asn: "64500",
+            as_org: "Deutsche Example",
+            city: "Berlin",
+            location: Some(("52.5244", "13.4105")),
+        },
+        "JP" => Place {
+            asn: "64501",
+            as_org: "Japan Example",
+            city: "Tokyo",
+            location: Some(("35.6895", "139.6917")),
+        },
+        // No AS number for BR or 192.0.2.128/25; the city database has a
+        // record without a city for BR4, nothing for BR6 and UNKNOWN4. The
+        // `country` of an unknown city is the connection's.
+        "BR" | "unknown" => Place {
+            asn: "unknown",
+            as_org: "unknown",
+            city: "unknown",
+            location: None,
+        },
+        other => panic!("{other} is not a test country"),
+    }
+}
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
@@ -200,15 +240,20 @@ impl Ledger {
                             && sel.directions.contains(&direction.as_str())
                     })
                     .map(move |((country, direction), counts)| {
-                        (
-                            labels(&[
-                                ("job", JOB),
-                                ("instance", instance),
-                                ("country", country),
-                                ("direction", direction),
-                            ]),
-                            *counts,
-                        )
+                        let place = place_of(country);
+                        let mut l = labels(&[
+                            ("job", JOB),
+                            ("instance", instance),
+                            ("country", country),
+                            ("direction", direction),
+                            ("asn", place.asn),
+                            ("as_org", place.as_org),
+                            ("city", place.city),
+                        ]);
+                        if let Some((latitude, longitude)) = place.location {
+                            l.extend(labels(&[("latitude", latitude), ("longitude", longitude)]));
+                        }
+                        (l, *counts)
                     })
             })
     }
@@ -220,6 +265,16 @@ impl Ledger {
             *sums.entry(keep(&l, by)).or_default() += c.now;
         }
         sums.into_iter().collect()
+    }
+
+    /// The city gauge summed by country and city, of the cities with a
+    /// place (not `other`, not `unknown`), with their coordinates: what
+    /// the join with `geoip_city_location_info` answers.
+    fn cities(&self, sel: &Selection) -> Vec<Sample> {
+        self.now(sel, &["country", "city", "latitude", "longitude"])
+            .into_iter()
+            .filter(|(l, _)| l.contains_key("latitude"))
+            .collect()
     }
 
     /// `sum by (...) (rate(opened_total))`: which groups have opens after
@@ -421,6 +476,9 @@ fn dashboard_expectation(q: &PanelQuery, sel: &Selection, ledger: &Ledger, t: u6
             Expect::scalar(0.0)
         }
         ("Tracked connections", "A") => Expect::scalar(ledger.tracked(sel)),
+        ("Cities", "A") => Expect::Exact(ledger.cities(sel)),
+        // Fewer than 10 networks: topk keeps them all.
+        ("Busiest networks (ASN)", "A") => Expect::Exact(ledger.now(sel, &["asn", "as_org"])),
         ("Oldest database", "A") => Expect::scalar(u64_f64(t) - u64_f64(DATABASE_BUILT)),
         ("Exporters", "A") => Expect::Exact(
             sel.instances
@@ -573,18 +631,39 @@ fn dashboard_and_rules_answer_exactly_in_a_real_prometheus() {
     let dir = temp_dir("prometheus");
     let db = dir.join("test.mmdb");
     write_database(&db);
-    let db_arg = db.to_str().expect("utf-8 path");
+    let (asn_db, city_db) = (dir.join("asn.mmdb"), dir.join("city.mmdb"));
+    write_asn_labels_database(&asn_db);
+    write_city_database(&city_db);
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_owned();
+    let databases = [
+        "--geoip.database".to_owned(),
+        path(&db),
+        "--geoip.database".to_owned(),
+        path(&asn_db),
+        "--geoip.database".to_owned(),
+        path(&city_db),
+        "--labels=asn,city".to_owned(),
+    ];
+    let args = |keep: &[&str]| -> Vec<String> {
+        databases
+            .iter()
+            .cloned()
+            .chain([exclude_arg(keep)])
+            .collect()
+    };
     let net = TestNet::create("prom", HOSTS);
     let _remote = net.serve(SERVICE_PORT);
     let (local, host_port) = host_listener();
 
-    let a = Exporter::start(&dir, &["--geoip.database", db_arg, &exclude_arg(HOSTS)]);
+    let a_args = args(HOSTS);
+    let a = Exporter::start(&dir, &a_args.iter().map(String::as_str).collect::<Vec<_>>());
     let not_jp: Vec<&str> = HOSTS
         .iter()
         .copied()
         .filter(|h| country_of(h) != "JP")
         .collect();
-    let b = Exporter::start(&dir, &["--geoip.database", db_arg, &exclude_arg(&not_jp)]);
+    let b_args = args(&not_jp);
+    let b = Exporter::start(&dir, &b_args.iter().map(String::as_str).collect::<Vec<_>>());
     let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
     let rules = deploy_dir().join("prometheus/rules.yml");
     let prom = PrometheusServer::start(&dir, JOB, &[a.addr, b.addr], &[rules]);
@@ -636,6 +715,7 @@ fn dashboard_and_rules_answer_exactly_in_a_real_prometheus() {
     let held = std::mem::take(&mut c.held);
     drop(c);
     wait_for_prometheus(&prom, &ledger, "after wave 2");
+    check_opt_in_expectations(&ledger);
 
     // The live output is clean for promtool and as Prometheus read it.
     for exporter in [&a, &b] {
@@ -749,6 +829,53 @@ fn dashboard_and_rules_answer_exactly_in_a_real_prometheus() {
 
     drop(prom);
     drop(held);
+}
+
+/// The expectations of the city and network panels with every instance
+/// and direction, worked out by hand from the waves: now open DE 3
+/// outbound + 1 inbound, JP 2 + 2, BR 2 + 2, unknown 0 + 0; instance A
+/// counts them all, B all but JP.
+fn check_opt_in_expectations(ledger: &Ledger) {
+    let all = ledger.all();
+    assert_eq!(
+        ledger.cities(&all),
+        [
+            (
+                labels(&[
+                    ("country", "DE"),
+                    ("city", "Berlin"),
+                    ("latitude", "52.5244"),
+                    ("longitude", "13.4105"),
+                ]),
+                8.0
+            ),
+            (
+                labels(&[
+                    ("country", "JP"),
+                    ("city", "Tokyo"),
+                    ("latitude", "35.6895"),
+                    ("longitude", "139.6917"),
+                ]),
+                4.0
+            ),
+        ],
+        "cities: Berlin 4 per instance, Tokyo 4 on A only"
+    );
+    assert_eq!(
+        ledger.now(&all, &["asn", "as_org"]),
+        [
+            (
+                labels(&[("asn", "64500"), ("as_org", "Deutsche Example")]),
+                8.0
+            ),
+            (
+                labels(&[("asn", "64501"), ("as_org", "Japan Example")]),
+                4.0
+            ),
+            (labels(&[("asn", "unknown"), ("as_org", "unknown")]), 8.0),
+        ],
+        "networks: BR and unknown have no AS number (4 per instance)"
+    );
 }
 
 /// Prometheus read each family with the type and help the exporter wrote.
