@@ -293,7 +293,10 @@ pub struct ConnEvent {
     pub direction: u8,
     /// `FLAG_*` bits (with [`feature::BYTES`]).
     pub flags: u8,
-    pub _pad: [u8; 3],
+    /// Padding, always zero (no arrays here: the BPF target zeroes an
+    /// array with a call to a `memset` loop, on every event).
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 
 const _: () = assert!(size_of::<ConnEvent>() == 48);
@@ -313,8 +316,10 @@ pub struct ConnEventExt {
     pub bytes_received: u64,
     /// `tcp_sock.bytes_acked` ([`feature::BYTES`]).
     pub bytes_acked: u64,
-    /// The connecting process's name, NUL-padded ([`feature::COMM`]).
-    pub comm: [u8; 16],
+    /// The connecting process's name, NUL-padded ([`feature::COMM`]): its
+    /// 16 bytes as two native-order words (as with the addresses: two
+    /// stores, not a `memset` loop, in the kernel).
+    pub comm: [u64; 2],
 }
 
 const _: () = assert!(size_of::<ConnEventExt>() == 88);

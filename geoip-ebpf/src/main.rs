@@ -38,7 +38,8 @@ use geoip_common::{
     DIRECTION_OUTBOUND, DIRECTION_UNKNOWN, FLAG_FIN_ACKED, FLAG_FIN_RECEIVED, FLAG_FINAL,
     IPPROTO_TCP, KIND_FINAL, KIND_OPEN, RCV_SHUTDOWN, RING_RECORD_BYTES, RING_RECORD_EXT_BYTES,
     SEND_SHUTDOWN, SockLayout, TCP_SPAN_MAX, TcpLayout, TracepointLayout, WAKE_ON_FIRST,
-    address_bytes, always_excluded_v4, always_excluded_v6, classify, feature, is_final, tcp_state,
+    address_bytes, address_words, always_excluded_v4, always_excluded_v6, classify, feature,
+    is_final, tcp_state,
 };
 
 #[map(name = "EVENTS")]
@@ -50,11 +51,12 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "CONTROL")]
 static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Outbound connects in progress: socket address -> the comm of the
-/// process that called `connect()` ([`feature::COMM`]; user space sizes
-/// it, to one entry when the feature is off).
+/// Outbound connects: socket address -> the comm of the process that
+/// called `connect()` ([`feature::COMM`]; user space sizes it, to one
+/// entry when the feature is off). Entries are not deleted: the least
+/// recently used make room.
 #[map(name = "CONNECTING")]
-static CONNECTING: LruHashMap<u64, [u8; 16]> = LruHashMap::with_max_entries(1, 0);
+static CONNECTING: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(1, 0);
 
 /// Where the span of `struct tcp_sock` with the byte counters is read to
 /// ([`feature::BYTES`]).
@@ -187,14 +189,6 @@ fn try_handle(ctx: &TracePointContext, f: &impl Fields) -> Result<(), i32> {
         None if features & feature::BYTES != 0 && is_final(oldstate, newstate) => {
             (KIND_FINAL, DIRECTION_UNKNOWN)
         }
-        None if features & feature::COMM != 0 && oldstate == tcp_state::SYN_SENT => {
-            // A connect that failed: its comm is no longer wanted.
-            if newstate == tcp_state::CLOSE {
-                let sock: u64 = unsafe { f.read(ctx, |l| l.skaddr)? };
-                let _ = CONNECTING.remove(&sock);
-            }
-            return Ok(());
-        }
         None if features & feature::COMM != 0 && newstate == tcp_state::SYN_SENT => {
             // connect(), in the calling process: remember who it is.
             (KIND_OPEN, DIRECTION_UNKNOWN)
@@ -233,7 +227,7 @@ fn try_handle(ctx: &TracePointContext, f: &impl Fields) -> Result<(), i32> {
     if kind == KIND_OPEN && direction == DIRECTION_UNKNOWN {
         // connect() (only with feature::COMM): no record yet.
         if let Ok(comm) = bpf_get_current_comm() {
-            let _ = CONNECTING.insert(&sock, &comm, 0);
+            let _ = CONNECTING.insert(&sock, &address_words(comm), 0);
         }
         return Ok(());
     }
@@ -251,7 +245,8 @@ fn try_handle(ctx: &TracePointContext, f: &impl Fields) -> Result<(), i32> {
         } else {
             0
         },
-        _pad: [0; 3],
+        _pad: 0,
+            _pad2: 0,
     };
     if features == 0 {
         if let Some(mut slot) = EVENTS.reserve::<ConnEvent>(0) {
@@ -286,7 +281,7 @@ fn extended(mut event: ConnEvent, sock: u64, features: u32) -> ConnEventExt {
         time_ns: 0,
         bytes_received: 0,
         bytes_acked: 0,
-        comm: [0; 16],
+        comm: [0; 2],
     };
     if features & feature::TIME != 0 {
         // SAFETY: a helper without arguments.
@@ -304,12 +299,13 @@ fn extended(mut event: ConnEvent, sock: u64, features: u32) -> ConnEventExt {
         && event.kind == KIND_OPEN
         && event.direction == DIRECTION_OUTBOUND
     {
-        // SAFETY: the value is read before the entry is removed, on this
-        // CPU, by the one program that writes it.
+        // The entry is left for the LRU to evict (a delete is another
+        // locked map operation per connection): the next connect() from
+        // this socket address overwrites it before its handshake ends.
+        // SAFETY: a copy of the value is taken at once.
         if let Some(comm) = unsafe { CONNECTING.get(&sock) } {
             ext.comm = *comm;
         }
-        let _ = CONNECTING.remove(&sock);
     }
     ext
 }

@@ -148,7 +148,8 @@ pub fn synthetic_records(remotes: Remotes, conns: usize, window: usize) -> Vec<[
             kind: KIND_OPEN,
             direction: DIRECTION_OUTBOUND,
             flags: 0,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         });
     }
     let mut out = Vec::with_capacity(conns * 2);

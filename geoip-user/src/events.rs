@@ -145,7 +145,7 @@ pub(crate) fn decode(record: &[u8]) -> Result<Event, DecodeError> {
                     received: ext.bytes_received.saturating_sub(fin(FLAG_FIN_RECEIVED)),
                     acked: ext.bytes_acked.saturating_sub(fin(FLAG_FIN_ACKED)),
                 }),
-            comm: (ext.comm != [0; 16]).then_some(Comm(ext.comm)),
+            comm: (ext.comm != [0; 2]).then(|| Comm(address_bytes(ext.comm))),
             last: flags & FLAG_FINAL != 0,
         };
         return Ok(event);
@@ -212,7 +212,8 @@ mod tests {
             kind,
             direction,
             flags: 0,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         })
     }
 
