@@ -15,13 +15,10 @@
 //! Needs root. Prints a Markdown table for BENCHMARKS.md and `TARGET` lines.
 
 use std::{
-    io::Read as _,
-    net::TcpStream,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -30,7 +27,8 @@ use geoip_tests::{
     exporter::{Exporter, Samples, cd, temp_dir},
     fixtures::{BR_V6, DE_V4, JP_V4, write_database},
     load::{
-        HOSTS, cpu_seconds, events, report_target, require_root, server, settle, target, value,
+        BPF_STATS, HOSTS, churn_round, cpu_seconds, events, program_stats, report_target,
+        require_root, server, settle, target, value,
     },
     netns::TestNet,
 };
@@ -50,38 +48,6 @@ const PROGRAM: &str = "inet_sock_set_state";
 /// The empty program on the same tracepoint: the floor.
 const EMPTY: &str = "inet_sock_set_state_empty";
 
-/// The kernel's run statistics of the newest program named `name`: (run
-/// time in ns, runs). They are kept only while
-/// `kernel.bpf_stats_enabled` is 1.
-fn program_stats(name: &str) -> (f64, f64) {
-    let out = std::process::Command::new("bpftool")
-        .args(["prog", "show", "name", name])
-        .output()
-        .expect("bpftool (cargo xtask setup installs it)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last = text
-        .lines()
-        .filter(|l| !l.starts_with(char::is_whitespace))
-        .max_by_key(|l| {
-            l.split(':')
-                .next()
-                .and_then(|id| id.parse::<u32>().ok())
-                .unwrap_or(0)
-        })
-        .unwrap_or_default();
-    let field = |name: &str| {
-        let words: Vec<&str> = last.split_whitespace().collect();
-        words
-            .windows(2)
-            .find(|w| w[0] == name)
-            .and_then(|w| w[1].parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (field("run_time_ns"), field("run_cnt"))
-}
-
-const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
 /// One round's kernel figures: the program's and the floor's nanoseconds
 /// per run.
 #[derive(Clone, Copy, Debug)]
@@ -95,39 +61,6 @@ impl Round {
     fn ratio(self) -> f64 {
         self.per_run / self.floor.max(f64::EPSILON)
     }
-}
-
-/// Open and close connections to `targets` from [`CHURN_THREADS`] threads
-/// for at most [`CHURN_SECONDS`] or [`CHURN_MAX`] connections; how many.
-fn churn_round(targets: [std::net::SocketAddr; 3]) -> u64 {
-    let made = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let clients: Vec<JoinHandle<()>> = (0..CHURN_THREADS)
-        .map(|i| {
-            let made = made.clone();
-            std::thread::spawn(move || {
-                let mut n = i;
-                while started.elapsed() < Duration::from_secs(CHURN_SECONDS)
-                    && made.load(Ordering::Relaxed) < CHURN_MAX
-                {
-                    let target = targets[n % targets.len()];
-                    n += 1;
-                    // A blocking connect either establishes or never does: a
-                    // timeout could give up on one the kernel then establishes.
-                    if let Ok(mut s) = TcpStream::connect(target) {
-                        made.fetch_add(1, Ordering::Relaxed);
-                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                        // The server closes first: no TIME_WAIT on this side.
-                        let _ = s.read(&mut [0u8; 1]);
-                    }
-                }
-            })
-        })
-        .collect();
-    for c in clients {
-        let _ = c.join();
-    }
-    made.load(Ordering::Relaxed)
 }
 
 fn churn(net: &TestNet, exporter: &Exporter) -> Vec<(String, String)> {
@@ -150,7 +83,12 @@ fn churn(net: &TestNet, exporter: &Exporter) -> Vec<(String, String)> {
     for _ in 0..ROUNDS {
         let (time0, runs0) = program_stats(PROGRAM);
         let (floor_time0, floor_runs0) = program_stats(EMPTY);
-        conns += churn_round(targets);
+        conns += churn_round(
+            &targets,
+            CHURN_THREADS,
+            Duration::from_secs(CHURN_SECONDS),
+            CHURN_MAX,
+        );
         let (time1, runs1) = program_stats(PROGRAM);
         let (floor_time1, floor_runs1) = program_stats(EMPTY);
         rounds.push(Round {

@@ -177,3 +177,70 @@ pub fn require_root() {
         std::process::exit(2);
     }
 }
+
+/// Where the kernel's run-time statistics of BPF programs are switched on.
+pub const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// The kernel's run statistics of the newest program named `name`: (run
+/// time in ns, runs). They are kept only while `kernel.bpf_stats_enabled`
+/// is 1.
+pub fn program_stats(name: &str) -> (f64, f64) {
+    let out = std::process::Command::new("bpftool")
+        .args(["prog", "show", "name", name])
+        .output()
+        .expect("bpftool (cargo xtask setup installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text
+        .lines()
+        .filter(|l| !l.starts_with(char::is_whitespace))
+        .max_by_key(|l| {
+            l.split(':')
+                .next()
+                .and_then(|id| id.parse::<u32>().ok())
+                .unwrap_or(0)
+        })
+        .unwrap_or_default();
+    let field = |name: &str| {
+        let words: Vec<&str> = last.split_whitespace().collect();
+        words
+            .windows(2)
+            .find(|w| w[0] == name)
+            .and_then(|w| w[1].parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (field("run_time_ns"), field("run_cnt"))
+}
+
+/// Open and close connections to `targets` (round-robin) from `threads`
+/// threads for at most `seconds` or `max` connections, the server closing
+/// first; how many were made.
+pub fn churn_round(targets: &[SocketAddr], threads: usize, seconds: Duration, max: u64) -> u64 {
+    use std::{io::Read as _, sync::atomic::AtomicU64};
+    let made = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let clients: Vec<JoinHandle<()>> = (0..threads)
+        .map(|i| {
+            let made = made.clone();
+            let targets = targets.to_vec();
+            std::thread::spawn(move || {
+                let mut n = i;
+                while started.elapsed() < seconds && made.load(Ordering::Relaxed) < max {
+                    let target = targets[n % targets.len()];
+                    n += 1;
+                    // A blocking connect either establishes or never does: a
+                    // timeout could give up on one the kernel then establishes.
+                    if let Ok(mut s) = TcpStream::connect(target) {
+                        made.fetch_add(1, Ordering::Relaxed);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                        // The server closes first: no TIME_WAIT on this side.
+                        let _ = s.read(&mut [0u8; 1]);
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        let _ = c.join();
+    }
+    made.load(Ordering::Relaxed)
+}

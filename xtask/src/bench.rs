@@ -6,7 +6,9 @@
 //!    empty one on the same tracepoint, and churn at the machine's top
 //!    connection rate;
 //! 3. `scale` (`tests/benches/scale.rs`): 100,000 concurrent connections;
-//! 4. `poller` (`tests/benches/poller.rs`): the polling design side by side.
+//! 4. `poller` (`tests/benches/poller.rs`): the polling design side by side;
+//! 5. `options` (`tests/benches/options.rs`): the kernel's, the exporter's
+//!    CPU and memory cost of each opt-in option.
 //!
 //! Each prints Markdown tables and `TARGET` lines; this gathers the latter
 //! into one target-vs-measured table at the end (and in
@@ -23,7 +25,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{build, cmd, fetch_db, setup};
 
 /// The benchmarks, in the order they run: (package, bench, what it is).
-const BENCHES: [(&str, &str, &str); 4] = [
+const BENCHES: [(&str, &str, &str); 5] = [
     ("geoip-user", "pipeline", "user space on one core, lookups"),
     ("geoip-tests", "load", "kernel program and churn"),
     ("geoip-tests", "scale", "100,000 concurrent connections"),
@@ -32,6 +34,7 @@ const BENCHES: [(&str, &str, &str); 4] = [
         "poller",
         "side by side with the polling design",
     ),
+    ("geoip-tests", "options", "what each opt-in option costs"),
 ];
 
 pub(crate) fn run() -> Result<()> {
