@@ -297,7 +297,7 @@ impl Metrics {
         let events_read = IntCounterVec::new(
             opts(
                 "geoip_exporter_events_read_total",
-                "Connection events read from the kernel ring buffer, by kind (open, close).",
+                "Connection events read from the kernel ring buffer, by kind (open, close; final: the last byte counts of a closed connection, with --metrics.bytes).",
             ),
             &["kind"],
         )?;
@@ -319,6 +319,9 @@ impl Metrics {
         ))?;
         for kind in ["open", "close"] {
             events_read.with_label_values(&[kind]);
+        }
+        if wanted.bytes {
+            events_read.with_label_values(&["final"]);
         }
 
         registry.register(Box::new(connections.clone()))?;
@@ -499,6 +502,11 @@ impl Metrics {
             city_locations: HashMap::new(),
             events_open: self.events_read.with_label_values(&["open"]),
             events_close: self.events_read.with_label_values(&["close"]),
+            events_final: self
+                .families
+                .received
+                .as_ref()
+                .map(|_| self.events_read.with_label_values(&["final"])),
         }
     }
 }
@@ -573,6 +581,8 @@ pub(crate) struct Recorder {
     city_locations: HashMap<Slot, [String; 4]>,
     events_open: IntCounter,
     events_close: IntCounter,
+    /// With `--metrics.bytes`.
+    events_final: Option<IntCounter>,
 }
 
 impl Recorder {
@@ -795,6 +805,13 @@ impl Recorder {
                 labels[2].as_str(),
                 labels[3].as_str(),
             ]);
+        }
+    }
+
+    /// A connection's last byte counts were read (`--metrics.bytes`).
+    pub(crate) fn final_read(&self) {
+        if let Some(c) = &self.events_final {
+            c.inc();
         }
     }
 

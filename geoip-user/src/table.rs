@@ -275,6 +275,7 @@ impl Tracker {
                 }
             }
             Change::Final => {
+                self.recorder.final_read();
                 self.measures.finished(fp, &event.extra, &mut self.recorder);
                 Outcome::Finished
             }

@@ -93,10 +93,18 @@ pub fn value(s: &Samples, key: &str) -> f64 {
     s.get(key).copied().unwrap_or(0.0)
 }
 
-/// Events the exporter read, open and close.
+/// Events the exporter read: opens, closes and (with `--metrics.bytes`)
+/// final byte counts.
 pub fn events(s: &Samples) -> f64 {
-    value(s, "geoip_exporter_events_read_total{kind=\"open\"}")
-        + value(s, "geoip_exporter_events_read_total{kind=\"close\"}")
+    ["open", "close", "final"]
+        .iter()
+        .map(|kind| {
+            value(
+                s,
+                &format!("geoip_exporter_events_read_total{{kind=\"{kind}\"}}"),
+            )
+        })
+        .sum()
 }
 
 /// CPU seconds (user + system) of a process, from /proc/PID/stat.

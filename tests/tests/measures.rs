@@ -111,6 +111,11 @@ fn bytes_and_durations_are_exact() {
         (format!("geoip_sent_bytes_total{jp}"), 500.0),
         (format!("geoip_connection_duration_seconds_count{de}"), 1.0),
         (format!("geoip_connection_duration_seconds_count{jp}"), 1.0),
+        // Each closed with a handshake: its socket reached CLOSE later.
+        (
+            "geoip_exporter_events_read_total{kind=\"final\"}".to_owned(),
+            2.0,
+        ),
     ] {
         assert_eq!(value(&done, &series), want, "{series}");
     }
