@@ -246,7 +246,7 @@ fn try_handle(ctx: &TracePointContext, f: &impl Fields) -> Result<(), i32> {
             0
         },
         _pad: 0,
-            _pad2: 0,
+        _pad2: 0,
     };
     if features == 0 {
         if let Some(mut slot) = EVENTS.reserve::<ConnEvent>(0) {
