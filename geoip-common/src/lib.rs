@@ -123,15 +123,14 @@ pub const CONNECTING_MAP: &str = "CONNECTING";
 
 /// Where the byte counters sit in this kernel's `struct tcp_sock` (found
 /// in its BTF at load time): the program reads the `span` bytes from
-/// `span_start` at once, and the four fields at their offsets in it;
-/// `sk_shutdown` is a byte of `struct sock`.
+/// `span_start` at once, and the four fields at their offsets in it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct TcpLayout {
     pub span_start: u32,
     pub span: u32,
-    pub shutdown: u32,
+    pub reserved2: u32,
     pub write_seq: u16,
     pub snd_una: u16,
     pub bytes_received: u16,
@@ -149,7 +148,7 @@ impl TcpLayout {
     pub const NONE: Self = Self {
         span_start: 0,
         span: 0,
-        shutdown: 0,
+        reserved2: 0,
         write_seq: 0,
         snd_una: 0,
         bytes_received: 0,
@@ -162,10 +161,6 @@ impl TcpLayout {
 // SAFETY: `TcpLayout` is `#[repr(C)]`, `Copy`, has no padding and every
 // bit pattern is valid.
 unsafe impl aya::Pod for TcpLayout {}
-
-/// `sk_shutdown` bits (`include/net/sock.h`).
-pub const RCV_SHUTDOWN: u8 = 1;
-pub const SEND_SHUTDOWN: u8 = 2;
 
 /// [`ConnEvent::direction`]: not known (a close event).
 pub const DIRECTION_UNKNOWN: u8 = 0;

@@ -36,10 +36,9 @@ use aya_ebpf::{
 use geoip_common::{
     AF_INET, AF_INET6, ConnEvent, ConnEventExt, DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES,
     DIRECTION_OUTBOUND, DIRECTION_UNKNOWN, FLAG_FIN_ACKED, FLAG_FIN_RECEIVED, FLAG_FINAL,
-    IPPROTO_TCP, KIND_FINAL, KIND_OPEN, RCV_SHUTDOWN, RING_RECORD_BYTES, RING_RECORD_EXT_BYTES,
-    SEND_SHUTDOWN, SockLayout, TCP_SPAN_MAX, TcpLayout, TracepointLayout, WAKE_ON_FIRST,
-    address_bytes, address_words, always_excluded_v4, always_excluded_v6, classify, feature,
-    is_final, tcp_state,
+    IPPROTO_TCP, KIND_FINAL, KIND_OPEN, RING_RECORD_BYTES, RING_RECORD_EXT_BYTES, SockLayout,
+    TCP_SPAN_MAX, TcpLayout, TracepointLayout, WAKE_ON_FIRST, address_bytes, address_words,
+    always_excluded_v4, always_excluded_v6, classify, feature, is_final, tcp_state,
 };
 
 #[map(name = "EVENTS")]
@@ -255,7 +254,7 @@ fn try_handle(ctx: &TracePointContext, f: &impl Fields) -> Result<(), i32> {
             return Ok(());
         }
     } else if let Some(mut slot) = EVENTS.reserve::<ConnEventExt>(0) {
-        slot.write(extended(event, sock, features));
+        slot.write(extended(event, sock, (oldstate, newstate), features));
         slot.submit(wakeup_flag(RING_RECORD_EXT_BYTES));
         return Ok(());
     }
@@ -275,7 +274,7 @@ fn features() -> u32 {
 
 /// `event` with what the enabled `features` add.
 #[inline(always)]
-fn extended(mut event: ConnEvent, sock: u64, features: u32) -> ConnEventExt {
+fn extended(mut event: ConnEvent, sock: u64, states: (i32, i32), features: u32) -> ConnEventExt {
     let mut ext = ConnEventExt {
         base: event,
         time_ns: 0,
@@ -288,7 +287,7 @@ fn extended(mut event: ConnEvent, sock: u64, features: u32) -> ConnEventExt {
         ext.time_ns = unsafe { generated::bpf_ktime_get_ns() };
     }
     if features & feature::BYTES != 0 && event.kind != KIND_OPEN {
-        if let Some((received, acked, flags)) = byte_counters(sock) {
+        if let Some((received, acked, flags)) = byte_counters(sock, states) {
             ext.bytes_received = received;
             ext.bytes_acked = acked;
             event.flags |= flags;
@@ -312,18 +311,24 @@ fn extended(mut event: ConnEvent, sock: u64, features: u32) -> ConnEventExt {
 
 /// `tcp_sock.bytes_received` and `.bytes_acked`, with `FLAG_FIN_*` for
 /// the FINs counted in them, read at the offsets user space found in BTF.
+/// Which FINs are in them follows from the transition (`states`, old and
+/// new): the peer's FIN was received when the connection moves to
+/// CLOSE_WAIT, or reaches CLOSE from a state that follows it (FIN_WAIT2
+/// through TIME_WAIT, CLOSING, CLOSE_WAIT, LAST_ACK); ours was sent in
+/// the states after FIN_WAIT1, and acknowledged if nothing sent is
+/// unacknowledged (`snd_una == write_seq`). (`sk_shutdown` would not
+/// tell: `close()` sets it before any FIN is sent or received.)
 #[inline(always)]
-fn byte_counters(sock: u64) -> Option<(u64, u64, u8)> {
+fn byte_counters(sock: u64, (oldstate, newstate): (i32, i32)) -> Option<(u64, u64, u8)> {
+    use tcp_state::{CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK};
     // SAFETY: reading a global that user space sets before loading.
     let l = unsafe { core::ptr::read_volatile(&raw const TCP_LAYOUT) };
     if l.span == 0 || l.span > TCP_SPAN_MAX {
         return None;
     }
-    // SAFETY (both reads): `bpf_probe_read_kernel` of kernel memory; a bad
-    // address is an error, not a fault.
-    let shutdown: u8 =
-        unsafe { bpf_probe_read_kernel((sock + u64::from(l.shutdown)) as *const u8).ok()? };
     let scratch = TCP_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: `bpf_probe_read_kernel` of kernel memory into this CPU's
+    // buffer of TCP_SPAN_MAX bytes; a bad address is an error, not a fault.
     let read = unsafe {
         generated::bpf_probe_read_kernel(
             scratch.cast(),
@@ -347,10 +352,14 @@ fn byte_counters(sock: u64) -> Option<(u64, u64, u8)> {
     let received = read_u64(l.bytes_received)?;
     let acked = read_u64(l.bytes_acked)?;
     let mut flags = 0;
-    if shutdown & RCV_SHUTDOWN != 0 {
+    let fin_received = (oldstate == ESTABLISHED && newstate == CLOSE_WAIT)
+        || (newstate == CLOSE && matches!(oldstate, FIN_WAIT2 | CLOSING | CLOSE_WAIT | LAST_ACK));
+    if fin_received {
         flags |= FLAG_FIN_RECEIVED;
     }
-    if shutdown & SEND_SHUTDOWN != 0 && snd_una == write_seq {
+    let fin_sent =
+        newstate == CLOSE && matches!(oldstate, FIN_WAIT1 | FIN_WAIT2 | CLOSING | LAST_ACK);
+    if fin_sent && snd_una == write_seq {
         flags |= FLAG_FIN_ACKED;
     }
     Some((received, acked, flags))

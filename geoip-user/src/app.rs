@@ -260,7 +260,11 @@ pub(crate) async fn run(
     let loop_state = state.clone();
     let thread = std::thread::Builder::new()
         .name("geoip-events".into())
-        .spawn(move || events.run_thread(&runtime, reconcile, loop_state, ready_tx, stop_rx))
+        .spawn(move || {
+            if let Some(rt) = &runtime.0 {
+                events.run_thread(rt, reconcile, loop_state, ready_tx, stop_rx);
+            }
+        })
         .map_err(AppError::EventThread)?;
     let (startup, tracked_at_start) = ready_rx.await.map_err(|_| {
         AppError::EventThread(io::Error::other("the event thread ended before it started"))
@@ -336,21 +340,36 @@ fn tracker(args: &Args, databases: Databases) -> Result<(Tracker, Metrics), AppE
     Ok((tracker, metrics))
 }
 
-/// The event thread's runtime (a single-thread one), and the ring-buffer
-/// reader registered with it.
+/// The event thread's runtime (a single-thread one). Made where another
+/// runtime runs, it must not be dropped there (tokio refuses to block
+/// inside a runtime): dropping this shuts it down in the background.
+struct EventRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for EventRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The event thread's runtime, and the ring-buffer reader registered with
+/// it.
 fn event_runtime(
     ring: aya::maps::RingBuf<aya::maps::MapData>,
     control: aya::maps::Array<aya::maps::MapData, u32>,
-) -> Result<(tokio::runtime::Runtime, EventReader), AppError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+) -> Result<(EventRuntime, EventReader), AppError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(AppError::EventThread)?;
     let reader = {
-        let _entered = runtime.enter();
-        EventReader::new(ring, control)?
+        let _entered = rt.enter();
+        EventReader::new(ring, control)
     };
-    Ok((runtime, reader))
+    // Wrapped before a failed reader returns: the guard drops it.
+    let runtime = EventRuntime(Some(rt));
+    Ok((runtime, reader?))
 }
 
 /// `--check`: the metrics once, and a line saying what was checked.
@@ -636,7 +655,7 @@ impl EventLoop {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
         });
-        let mut pending_bytes: Option<SnapshotReceiver> = None;
+        let mut pending_bytes: Option<(SnapshotReceiver, u32)> = None;
         loop {
             tokio::select! {
                 read = self.reader.read_batch(&mut self.batch) => {
@@ -688,14 +707,14 @@ impl EventLoop {
                 _ = reranks.tick() => self.tracker.rerank(),
                 () = tick(byte_passes.as_mut()), if pending_bytes.is_none() => {
                     match self.snapshotter.request(self.scope, Pass::Bytes) {
-                        Ok(rx) => pending_bytes = Some(rx),
+                        Ok(rx) => pending_bytes = Some((rx, self.tracker.now())),
                         Err(err) => tracing::warn!(error = %crate::error_chain(&err), "counting the bytes of open connections skipped"),
                     }
                 }
-                taken = wait(pending_bytes.as_mut()), if pending_bytes.is_some() => {
-                    pending_bytes = None;
+                taken = wait(pending_bytes.as_mut().map(|p| &mut p.0)), if pending_bytes.is_some() => {
+                    let Some((_, began)) = pending_bytes.take() else { continue };
                     match taken {
-                        Ok(Ok(snap)) => self.tracker.account(&snap),
+                        Ok(Ok(snap)) => self.tracker.account(&snap, began),
                         Ok(Err(err)) => tracing::warn!(error = %crate::error_chain(&err), "counting the bytes of open connections failed; trying again at the next interval"),
                         Err(_) => tracing::warn!("the snapshot thread stopped; the bytes of open connections are counted when they close"),
                     }

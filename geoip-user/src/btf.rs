@@ -285,7 +285,7 @@ impl Btf {
     /// Where the kernel program finds a TCP socket's byte counters:
     /// `tcp_sock.{write_seq, snd_una}` (32-bit), `tcp_sock.{bytes_received,
     /// bytes_acked}` (64-bit), read as one span of at most
-    /// [`TCP_SPAN_MAX`] bytes, and `sock.sk_shutdown` (a byte).
+    /// [`TCP_SPAN_MAX`] bytes.
     pub(crate) fn tcp_layout(&self) -> Result<TcpLayout, BtfError> {
         let field = |name: &str, path: &str, size: u32| -> Result<u32, BtfError> {
             let (offset, ty) = self.offset_of(name, path)?;
@@ -293,16 +293,15 @@ impl Btf {
                 return Err(BtfError::Shape {
                     name: name.to_owned(),
                     path: path.to_owned(),
-                    expected: match size {
-                        1 => "8-bit integer",
-                        4 => "32-bit integer",
-                        _ => "64-bit integer",
+                    expected: if size == 4 {
+                        "32-bit integer"
+                    } else {
+                        "64-bit integer"
                     },
                 });
             }
             Ok(offset)
         };
-        let shutdown = field("sock", "sk_shutdown", 1)?;
         let fields = [
             (field("tcp_sock", "write_seq", 4)?, 4),
             (field("tcp_sock", "snd_una", 4)?, 4),
@@ -323,7 +322,7 @@ impl Btf {
         Ok(TcpLayout {
             span_start: start,
             span,
-            shutdown,
+            reserved2: 0,
             write_seq: relative(0),
             snd_una: relative(1),
             bytes_received: relative(2),
@@ -450,7 +449,6 @@ mod tests {
         for offset in [t.write_seq, t.snd_una, t.bytes_received, t.bytes_acked] {
             assert!(u32::from(offset) < t.span, "{t:?}");
         }
-        assert!(t.shutdown > 0 && t.shutdown < t.span_start, "{t:?}");
         // The offsets of this kernel's tcp_sock (Linux 6.18 x86_64).
         if std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .is_ok_and(|r| r.starts_with("6.18."))

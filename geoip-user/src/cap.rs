@@ -14,11 +14,12 @@
 //! [`OTHER`]).
 //!
 //! Traffic is counted in a table of at most [`CANDIDATES_PER_SLOT`] x
-//! `limit` values (the "space-saving" heavy-hitter scheme: a new value
-//! evicts the least counted one and inherits its count, remembered as the
-//! count's possible error; ranking uses the count less its error, a sure
-//! lower bound), halved at every re-rank, so memory stays bounded however
-//! many distinct values come.
+//! `limit` values (after the "space-saving" heavy-hitter scheme: when the
+//! table is full its least counted half goes, and a new value inherits
+//! the highest count evicted, remembered as the count's possible error;
+//! ranking uses the count less its error, a sure lower bound), halved at
+//! every re-rank, so memory and time per open stay bounded however many
+//! distinct values come.
 
 use std::{collections::HashMap, hash::Hash};
 
@@ -55,6 +56,9 @@ pub(crate) struct Capped<K> {
     slots: Vec<Option<SlotState<K>>>,
     /// Recent opens by value, for ranking (bounded, see the module).
     traffic: HashMap<K, Counted>,
+    /// The highest count evicted from `traffic` since the last rerank:
+    /// what a newcomer may have had.
+    floor: u32,
 }
 
 /// A value's recent opens, and by how much that may overcount them.
@@ -80,6 +84,7 @@ impl<K: Clone + Eq + Hash> Capped<K> {
             members: HashMap::new(),
             slots: Vec::new(),
             traffic: HashMap::new(),
+            floor: 0,
         }
     }
 
@@ -163,6 +168,7 @@ impl<K: Clone + Eq + Hash> Capped<K> {
             c.error /= 2;
         }
         self.traffic.retain(|_, c| c.count > 0);
+        self.floor /= 2;
         freed
     }
 
@@ -179,32 +185,58 @@ impl<K: Clone + Eq + Hash> Capped<K> {
             return;
         }
         let capacity = self.limit.max(1) * CANDIDATES_PER_SLOT;
-        let mut inherited = 0;
         if self.traffic.len() >= capacity {
-            // Evict the least counted value that is not a member; the
-            // newcomer inherits its count (it may have been counted
-            // before and evicted) as its possible error.
-            let least = self
-                .traffic
-                .iter()
-                .filter(|(v, _)| !self.members.contains_key(*v))
-                .min_by_key(|(_, c)| c.count)
-                .map(|(v, c)| (v.clone(), c.count));
-            if let Some((v, n)) = least {
-                self.traffic.remove(&v);
-                inherited = n;
-            }
+            self.evict();
         }
+        let floor = self.floor;
         self.traffic.insert(
             value.clone(),
             Counted {
-                count: inherited.saturating_add(1),
-                error: inherited,
+                count: floor.saturating_add(1),
+                error: floor,
             },
         );
     }
 
+    /// Make room in the full traffic table: the least counted half of
+    /// the values that are not members go at once (one sort, so a flood
+    /// of new values costs a logarithm each, not a scan of the table
+    /// each). A value counted later inherits the highest count evicted
+    /// as its possible error (it may have been among them).
+    fn evict(&mut self) {
+        let mut counts: Vec<u32> = self
+            .traffic
+            .iter()
+            .filter(|(v, _)| !self.members.contains_key(*v))
+            .map(|(_, c)| c.count)
+            .collect();
+        if counts.is_empty() {
+            return;
+        }
+        counts.sort_unstable();
+        let cut = counts[(counts.len() - 1) / 2];
+        let members = &self.members;
+        self.traffic
+            .retain(|v, c| members.contains_key(v) || c.count > cut);
+        self.floor = self.floor.max(cut);
+    }
+
     fn admit(&mut self, value: K) -> Slot {
+        // A former member still counting connections takes its own slot
+        // back: two slots must never show the same value (they would
+        // share, and then drop, one series).
+        let former = self
+            .slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.value == value));
+        if let Some(i) = former {
+            if let Some(state) = self.slots.get_mut(i).and_then(Option::as_mut) {
+                state.member = true;
+            }
+            let slot = Slot::try_from(i + 1).unwrap_or(OTHER);
+            self.members.insert(value, slot);
+            return slot;
+        }
         let state = SlotState {
             value: value.clone(),
             open: 0,
@@ -343,6 +375,29 @@ mod tests {
             c.rerank();
             assert!(c.in_use() <= 2, "round {round}: {} slots", c.in_use());
         }
+    }
+
+    /// A former member still holding connections that becomes busy again
+    /// takes its own slot back rather than a second one.
+    #[test]
+    fn a_value_never_holds_two_slots() {
+        let mut c = Capped::new(1);
+        let a = c.open(&"a");
+        for _ in 0..10 {
+            c.open(&"b");
+        }
+        c.rerank();
+        let b = c.open(&"b");
+        assert_ne!(b, OTHER);
+        assert_eq!(c.close(b), None, "b, a member, keeps its slot");
+        for _ in 0..100 {
+            c.open(&"a");
+        }
+        // b (no connection) is displaced by a, which still holds `a`'s
+        // first connection in its old slot.
+        assert_eq!(c.rerank(), vec![(b, "b")]);
+        assert_eq!(c.open(&"a"), a, "a is back in its own slot");
+        assert_eq!(c.in_use(), 1);
     }
 
     #[test]

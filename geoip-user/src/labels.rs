@@ -50,10 +50,24 @@ pub(crate) enum Service {
 
 impl Service {
     /// The `service` label value: the port number, or the process name.
+    /// A process named like another value (`other`, `unknown`, a number)
+    /// is shown as `comm:NAME`: two slots must never share a label.
     fn label(&self) -> String {
         match self {
             Self::Port(port) => port.to_string(),
-            Self::Process(comm) => comm.name().unwrap_or_else(|| "unknown".to_owned()),
+            Self::Process(comm) => {
+                let name = comm.name().unwrap_or_default();
+                let reserved = name.is_empty()
+                    || name == "other"
+                    || name == "unknown"
+                    || name.starts_with("comm:")
+                    || name.bytes().all(|b| b.is_ascii_digit());
+                if reserved {
+                    format!("comm:{name}")
+                } else {
+                    name
+                }
+            }
         }
     }
 }
@@ -164,7 +178,9 @@ impl Labels {
         if let Some(capped) = &mut self.service {
             let service = match (direction, conn.comm) {
                 (Direction::Inbound, _) => Some(Service::Port(conn.local_port)),
-                (Direction::Outbound, comm) => comm.map(Service::Process),
+                (Direction::Outbound, comm) => {
+                    comm.filter(|c| c.name().is_some()).map(Service::Process)
+                }
             };
             slots.service = service.map_or(UNKNOWN, |s| capped.open(&s));
         }
@@ -280,6 +296,21 @@ const _: () = assert!(size_of::<Slots>() == 6);
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn process_names_never_look_like_other_values() {
+        let label = |name: &str| {
+            let mut bytes = [0u8; 16];
+            bytes[..name.len()].copy_from_slice(name.as_bytes());
+            Service::Process(Comm(bytes)).label()
+        };
+        assert_eq!(label("nginx"), "nginx");
+        assert_eq!(label("other"), "comm:other");
+        assert_eq!(label("unknown"), "comm:unknown");
+        assert_eq!(label("443"), "comm:443");
+        assert_eq!(label("comm:x"), "comm:comm:x");
+        assert_eq!(Service::Port(443).label(), "443");
+    }
+
     use geoip_tests::mmdb::{Value, Writer};
 
     use super::*;

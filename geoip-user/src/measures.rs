@@ -32,7 +32,14 @@ struct Closing {
     direction: Direction,
     netns: u32,
     counted: Counters,
+    /// When it left ESTABLISHED, in [`Measures::now`] seconds.
+    since: u32,
 }
+
+/// The longest a connection may wait for its last reading after it left
+/// ESTABLISHED; past it, the reading is taken as lost (an application
+/// that never closes its end keeps a socket in `CLOSE_WAIT` for ever).
+const CLOSING_MAX_SECONDS: u32 = 3600;
 
 /// Byte accounting.
 #[derive(Default)]
@@ -44,11 +51,18 @@ struct Bytes {
 }
 
 /// The per-connection state of the enabled measures.
-#[derive(Default)]
 pub(crate) struct Measures {
     /// Each tracked connection's open time (kernel ns).
     opened_at: Option<ByFingerprint<u64>>,
     bytes: Option<Bytes>,
+    /// The clock of [`Closing::since`].
+    started: std::time::Instant,
+}
+
+impl Default for Measures {
+    fn default() -> Self {
+        Self::new(false, false)
+    }
 }
 
 impl Measures {
@@ -56,7 +70,13 @@ impl Measures {
         Self {
             opened_at: duration.then(ByFingerprint::default),
             bytes: bytes.then(Bytes::default),
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// Seconds since these measures started.
+    pub(crate) fn now(&self) -> u32 {
+        u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX)
     }
 
     /// A connection opened (an event: it carried nothing yet, but an
@@ -102,6 +122,7 @@ impl Measures {
         };
         let counted = add(recorder, country, direction, counted, now);
         if !extra.last {
+            let since = u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX);
             bytes.closing.insert(
                 fp,
                 Closing {
@@ -109,6 +130,7 @@ impl Measures {
                     direction,
                     netns,
                     counted,
+                    since,
                 },
             );
         }
@@ -173,13 +195,26 @@ impl Measures {
         }
     }
 
-    /// After an accounting pass: closing connections it did not see (in
-    /// their namespace, `keep(fp, netns)` false) are gone, their last
-    /// reading lost.
-    pub(crate) fn sweep_closing(&mut self, keep: impl Fn(Fingerprint, u32) -> bool) {
+    /// After an accounting pass requested at [`Self::now`] `began`:
+    /// connections that were closing before it and that it did not see
+    /// (`keep(fp, netns)` false) are gone, their last reading lost. Those
+    /// that started closing while it ran are kept (it could not see
+    /// them), and so are those waiting longer than
+    /// [`CLOSING_MAX_SECONDS`] dropped.
+    pub(crate) fn sweep_closing(&mut self, began: u32, keep: impl Fn(Fingerprint, u32) -> bool) {
+        let now = self.now();
         if let Some(bytes) = &mut self.bytes {
-            bytes.closing.retain(|fp, c| keep(*fp, c.netns));
+            bytes.closing.retain(|fp, c| {
+                now.saturating_sub(c.since) <= CLOSING_MAX_SECONDS
+                    && (c.since >= began || keep(*fp, c.netns))
+            });
         }
+    }
+
+    /// Drop connections waiting longer than [`CLOSING_MAX_SECONDS`] for
+    /// their last reading (without accounting passes, nothing else does).
+    pub(crate) fn expire_closing(&mut self) {
+        self.sweep_closing(0, |_, _| true);
     }
 
     /// Connections waiting for their last reading.
@@ -269,7 +304,7 @@ mod tests {
         );
         assert_eq!(ms.closing(), 1);
         // A pass sees it still closing: kept.
-        ms.sweep_closing(|fp, netns| fp == 1 && netns == 7);
+        ms.sweep_closing(ms.now() + 1, |fp, netns| fp == 1 && netns == 7);
         assert_eq!(ms.closing(), 1);
         ms.finished(1, &extra(None, Some((160, 81)), true), &mut r);
         assert_eq!(ms.closing(), 0);
@@ -331,7 +366,10 @@ mod tests {
             &extra(None, Some((1, 1)), false),
             &mut r,
         );
-        ms.sweep_closing(|_, netns| netns != 7);
+        // One that started closing during the pass is kept.
+        ms.sweep_closing(0, |_, netns| netns != 7);
+        assert_eq!(ms.closing(), 1);
+        ms.sweep_closing(ms.now() + 1, |_, netns| netns != 7);
         assert_eq!(ms.closing(), 0);
     }
 }

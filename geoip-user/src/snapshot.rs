@@ -360,13 +360,25 @@ fn sockets(netns: u32, pass: Pass, filter: &Filter) -> Result<Vec<DiagSocket>, S
         return per_family(netns, pass, filter);
     }
     match dump(Dump::Both, netns, pass, filter) {
-        Ok(sockets) => Ok(sockets),
-        Err(err) => {
+        Err(err) if refused(&err) => {
             tracing::debug!(error = %crate::error_chain(&err), "the kernel refused one dump for both families; dumping each family");
             ONE_DUMP_REFUSED.store(true, Ordering::Relaxed);
             per_family(netns, pass, filter)
         }
+        result => result,
     }
+}
+
+/// Whether the kernel refused a request form (rather than failing it).
+fn refused(err: &SnapshotError) -> bool {
+    matches!(
+        err,
+        SnapshotError::Io { source, .. }
+            if matches!(
+                source.raw_os_error(),
+                Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENOENT | libc::EPROTONOSUPPORT)
+            )
+    )
 }
 
 /// Set once the kernel refused [`Dump::Both`]: then every snapshot dumps

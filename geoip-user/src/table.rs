@@ -183,8 +183,11 @@ impl Tracker {
         self
     }
 
-    /// Let busier ASN and city values displace quiet ones (on a timer).
+    /// Let busier ASN and city values displace quiet ones (on a timer,
+    /// which also drops connections waiting too long for their last byte
+    /// counts).
     pub(crate) fn rerank(&mut self) {
+        self.measures.expire_closing();
         if let Some((labels, _)) = &mut self.labels {
             labels.rerank(&mut self.recorder);
         }
@@ -254,8 +257,16 @@ impl Tracker {
             Change::Open(direction) => {
                 self.recorder.event_read(true);
                 let outcome = self.open(fp, &event.key, direction, event.extra.comm);
-                if outcome == Outcome::Opened {
-                    self.measures.opened(fp, direction, &event.extra);
+                match outcome {
+                    Outcome::Opened => self.measures.opened(fp, direction, &event.extra),
+                    Outcome::AlreadyTracked => {
+                        // A new life of a tracked 4-tuple (the snapshot
+                        // raced its open, or its close was lost): it
+                        // starts now.
+                        self.measures.forget(fp);
+                        self.measures.opened(fp, direction, &event.extra);
+                    }
+                    _ => {}
                 }
                 outcome
             }
@@ -381,10 +392,15 @@ impl Tracker {
         Some(t)
     }
 
-    /// Count the bytes the accounting pass `snapshot` read of open
-    /// connections since the last reading; forget closing connections
-    /// it no longer saw in the namespaces it read.
-    pub(crate) fn account(&mut self, snapshot: &Snapshot) {
+    /// The clock an accounting pass is stamped with when requested.
+    pub(crate) fn now(&self) -> u32 {
+        self.measures.now()
+    }
+
+    /// Count the bytes the accounting pass `snapshot` (requested at
+    /// [`Self::now`] `began`) read of open connections since the last
+    /// reading; forget closing connections it no longer saw.
+    pub(crate) fn account(&mut self, snapshot: &Snapshot, began: u32) {
         for &(key, counters) in &snapshot.bytes {
             let fp = self.fingerprint(&key);
             if let Some(t) = self.conns.get(&fp) {
@@ -400,8 +416,11 @@ impl Tracker {
             .iter()
             .map(|k| self.fingerprint(k))
             .collect();
-        self.measures
-            .sweep_closing(|fp, netns| closing.contains(&fp) || !snapshot.scanned.contains(&netns));
+        // Kept: seen closing, or in a namespace that could not be read; a
+        // namespace neither scanned nor unreadable is gone.
+        self.measures.sweep_closing(began, |fp, netns| {
+            closing.contains(&fp) || snapshot.unreadable.contains(&netns)
+        });
     }
 
     /// A snapshot is about to be taken: from now on remember which

@@ -20,7 +20,6 @@ use geoip_tests::{
     netns::{HOST_V4, TestNet, host_listener, sock},
 };
 use geoip_user as _;
-use libc as _;
 use maxminddb as _;
 use serde as _;
 use serde_json as _;
@@ -42,6 +41,27 @@ fn exchange(s: &mut TcpStream, out: usize, expect_in: usize) {
 fn take(s: &mut TcpStream, n: usize) {
     let mut buf = vec![0u8; n];
     s.read_exact(&mut buf).expect("read");
+}
+
+/// Close `s` with a reset (`SO_LINGER` 0): no FIN.
+fn abort(s: TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a valid linger of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            u32::try_from(size_of::<libc::linger>()).expect("size"),
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER");
+    drop(s);
 }
 
 /// Wait until the peer has closed (read returns 0).
@@ -97,10 +117,25 @@ fn bytes_and_durations_are_exact() {
     until_closed(&mut inb);
     drop(inb);
 
+    // Outbound to JP, reset by us after 600 bytes out and 200 back (no
+    // FIN either way: close() with SO_LINGER 0).
+    let mut reset = net.connect_to(sock(JP_V4, PORT));
+    let mut reset_srv = remote.take(reset.local_addr().expect("addr"));
+    reset.write_all(&[b'd'; 600]).expect("write");
+    take(&mut reset_srv, 600);
+    reset_srv.write_all(&[b'e'; 200]).expect("write");
+    take(&mut reset, 200);
+    std::thread::sleep(Duration::from_millis(50));
+    abort(reset);
+    until_closed(&mut reset_srv);
+    drop(reset_srv);
+
     let de = cd("DE", "outbound");
     let jp = cd("JP", "inbound");
+    let jp_out = cd("JP", "outbound");
     let done = exporter.wait_for(|s| {
         value(s, &format!("geoip_sent_bytes_total{jp}")) >= 500.0
+            && value(s, &format!("geoip_sent_bytes_total{jp_out}")) >= 599.0
             && value(s, &format!("geoip_received_bytes_total{de}")) >= 300.0
             && value(s, &format!("geoip_connection_duration_seconds_count{jp}")) >= 1.0
     });
@@ -109,9 +144,12 @@ fn bytes_and_durations_are_exact() {
         (format!("geoip_sent_bytes_total{de}"), 1000.0),
         (format!("geoip_received_bytes_total{jp}"), 2000.0),
         (format!("geoip_sent_bytes_total{jp}"), 500.0),
+        (format!("geoip_received_bytes_total{jp_out}"), 200.0),
+        (format!("geoip_sent_bytes_total{jp_out}"), 600.0),
         (format!("geoip_connection_duration_seconds_count{de}"), 1.0),
         (format!("geoip_connection_duration_seconds_count{jp}"), 1.0),
-        // Each closed with a handshake: its socket reached CLOSE later.
+        // The two closed with a handshake: their sockets reached CLOSE
+        // later (the reset one reached it at once).
         (
             "geoip_exporter_events_read_total{kind=\"final\"}".to_owned(),
             2.0,

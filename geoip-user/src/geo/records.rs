@@ -63,6 +63,10 @@ impl<T: Decode> Records<T> {
 
     /// The answer for `addr`; `None` when the database has none.
     pub(crate) fn lookup(&mut self, addr: IpAddr) -> Result<Option<T>, LookupError> {
+        if addr.is_ipv6() && self.info.ip_version == 4 {
+            // An IPv4-only database has no answer for IPv6 (not an error).
+            return Ok(None);
+        }
         let damaged = || LookupError { addr };
         let result = self.reader.lookup(addr).map_err(|_| damaged())?;
         let Some(offset) = result.offset() else {
