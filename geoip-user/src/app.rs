@@ -39,7 +39,7 @@ use crate::{
     reload::Reloader,
     server::{self, Limits, Transport},
     snapshot::{Pass, Scope, Snapshot, SnapshotError, Snapshotter},
-    table::{ConnQuery, SyncKind, SyncReport, Tracker},
+    table::{Query, SyncKind, SyncReport, Tracker},
     webconfig::{BasicAuth, WebConfig, WebConfigError},
 };
 
@@ -211,10 +211,8 @@ pub(crate) async fn run(
     let (tracker, metrics) = tracker(&args, databases)?;
     metrics.set_database_build(db.build_epoch);
     let (query_tx, query_rx) = mpsc::channel(4);
-    let mut state = AppState::new(metrics.clone(), &args.telemetry_path, &db);
-    if args.connections_api {
-        state = state.with_connections_api(query_tx);
-    }
+    let state = AppState::new(metrics.clone(), &args.telemetry_path, &db)
+        .with_queries(query_tx, args.connections_api);
     let losses = Arc::new(probe.losses);
     let (lost, missed) = (losses.clone(), losses.clone());
     metrics.register_kernel_losses(
@@ -483,7 +481,7 @@ struct EventLoop {
     scope: Scope,
     batch: Batch,
     geo_updates: mpsc::Receiver<Databases>,
-    queries: mpsc::Receiver<ConnQuery>,
+    queries: mpsc::Receiver<Query>,
     /// The kernel's counts of events it could not hand over.
     losses: Arc<probe::KernelLosses>,
     /// Ring-buffer records that could not be decoded (each may have been
@@ -695,9 +693,7 @@ impl EventLoop {
                         Err(err) => tracing::warn!(error = %crate::error_chain(&err), "reconcile failed; trying again at the next check"),
                     }
                 }
-                Some(query) = self.queries.recv() => {
-                    let _ = query.reply.send(self.tracker.list(query.limit));
-                }
+                Some(query) = self.queries.recv() => self.tracker.answer(query),
                 Some(dbs) = self.geo_updates.recv() => {
                     // Dropping the old country table (megabytes) is left
                     // to a blocking thread.

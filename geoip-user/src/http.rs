@@ -1,7 +1,10 @@
 //! The HTTP side: `/metrics` (or `--web.telemetry-path`), the live map at
 //! `/` (with its country shapes at `/assets/world.json`), `/healthz`, and
-//! `/api/v1/countries` (JSON: connections and opened/closed totals by
-//! country and direction).
+//! the JSON API the map reads: `/api/v1/countries` (connections,
+//! opened/closed totals and bytes by country and direction, of all
+//! services or one), `/api/v1/asns` (with `--labels asn`: live
+//! connections by network of a country) and, opt-in,
+//! `/api/v1/connections`.
 
 use std::{
     sync::{
@@ -23,9 +26,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     geo::DatabaseInfo,
-    metrics::{CountryCounts, Metrics},
+    geo::Country,
+    labels::AsnCount,
+    metrics::{CountryCounts, Metrics, Wanted},
     page,
-    table::{ConnList, ConnQuery},
+    table::Query,
     webconfig::BasicAuth,
 };
 
@@ -46,10 +51,12 @@ pub(crate) struct AppState {
     /// What depends on the database in use; replaced whole on a reload
     /// (the lock is held only to clone or swap the pointer).
     page: Arc<RwLock<Arc<Page>>>,
-    /// Where `/api/v1/connections` asks the table's task; `None` (the
-    /// default) leaves the endpoint out: remote addresses are personal
-    /// data.
-    connections: Option<mpsc::Sender<ConnQuery>>,
+    /// Where `/api/v1/connections` and `/api/v1/asns` ask the table's
+    /// task.
+    queries: Option<mpsc::Sender<Query>>,
+    /// Serve `/api/v1/connections`: off by default, remote addresses are
+    /// personal data.
+    connections_api: bool,
 }
 
 /// How long a rendering of `/metrics` is served again. Scrapes that come
@@ -95,13 +102,20 @@ impl AppState {
             healthy: Arc::new(AtomicBool::new(true)),
             telemetry_path: telemetry_path.into(),
             page: Arc::new(RwLock::new(Arc::new(Page::new(telemetry_path, database)))),
-            connections: None,
+            queries: None,
+            connections_api: false,
         }
     }
 
-    /// Serve `/api/v1/connections`, asking `queries`.
-    pub(crate) fn with_connections_api(mut self, queries: mpsc::Sender<ConnQuery>) -> Self {
-        self.connections = Some(queries);
+    /// Ask the table's task through `queries`; serve
+    /// `/api/v1/connections` if `connections_api`.
+    pub(crate) fn with_queries(
+        mut self,
+        queries: mpsc::Sender<Query>,
+        connections_api: bool,
+    ) -> Self {
+        self.queries = Some(queries);
+        self.connections_api = connections_api;
         self
     }
 
@@ -135,8 +149,13 @@ pub(crate) fn router(state: AppState, telemetry_path: &str) -> Router {
         .route("/assets/world.json", get(world))
         .route("/healthz", get(healthz))
         .route("/api/v1/countries", get(countries));
-    if state.connections.is_some() {
-        router = router.route("/api/v1/connections", get(connections));
+    if state.queries.is_some() {
+        if state.connections_api {
+            router = router.route("/api/v1/connections", get(connections));
+        }
+        if state.metrics.wanted().asn {
+            router = router.route("/api/v1/asns", get(asns));
+        }
     }
     router.with_state(state)
 }
@@ -175,56 +194,153 @@ pub(crate) fn with_basic_auth(router: Router, auth: Arc<BasicAuth>) -> Router {
     ))
 }
 
+/// The parameters of a query string, decoded; each one of `known`, at
+/// most once.
+fn params(query: Option<&str>, known: &[&str]) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if !known.contains(&name.as_ref()) {
+            let known = known.join(", ");
+            return Err(format!(
+                "unknown parameter {name:?}; the known ones are: {known}"
+            ));
+        }
+        if out.iter().any(|(n, _)| *n == name) {
+            return Err(format!("parameter {name:?} given more than once"));
+        }
+        out.push((name.into_owned(), value.into_owned()));
+    }
+    Ok(out)
+}
+
 /// `?limit=N` of `/api/v1/connections`, 1 to [`CONNECTIONS_MAX`].
 fn parse_limit(query: Option<&str>) -> Result<usize, String> {
     let mut limit = CONNECTIONS_DEFAULT;
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        match pair.split_once('=') {
-            Some(("limit", value)) => {
-                limit = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=CONNECTIONS_MAX).contains(n))
-                    .ok_or_else(|| {
-                        format!("limit {value:?} is not a number from 1 to {CONNECTIONS_MAX}")
-                    })?;
-            }
-            _ => return Err(format!("unknown parameter {pair:?}; the only one is limit")),
-        }
+    for (_, value) in params(query, &["limit"])? {
+        limit = value
+            .parse()
+            .ok()
+            .filter(|n| (1..=CONNECTIONS_MAX).contains(n))
+            .ok_or_else(|| format!("limit {value:?} is not a number from 1 to {CONNECTIONS_MAX}"))?;
     }
     Ok(limit)
+}
+
+/// What `/api/v1/countries` and `/api/v1/asns` are asked for.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Filter {
+    country: Option<Country>,
+    service: Option<String>,
+}
+
+/// `?service=NAME` (with `--labels service`) and, if `with_country`,
+/// `?country=CC` (two letters or `unknown`).
+fn parse_filter(query: Option<&str>, wanted: Wanted, with_country: bool) -> Result<Filter, String> {
+    let known: &[&str] = if with_country {
+        &["country", "service"]
+    } else {
+        &["service"]
+    };
+    let mut filter = Filter::default();
+    for (name, value) in params(query, known)? {
+        if name == "service" {
+            if !wanted.service {
+                return Err(format!(
+                    "service {value:?}: the exporter counts no services; start it with --labels service"
+                ));
+            }
+            filter.service = Some(value);
+        } else {
+            let code = Country::from_code(&value);
+            if code == Country::UNKNOWN && value != "unknown" {
+                return Err(format!(
+                    "country {value:?} is not a two-letter code (ISO 3166-1 alpha-2, such as DE) or unknown"
+                ));
+            }
+            filter.country = Some(code);
+        }
+    }
+    Ok(filter)
+}
+
+fn bad_request(msg: &str) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
+}
+
+/// Ask the table's task; `None` if it does not answer within 2 s.
+async fn ask<T>(
+    state: &AppState,
+    query: impl FnOnce(oneshot::Sender<T>) -> Query,
+) -> Option<T> {
+    let queries = state.queries.as_ref()?;
+    let (reply, answer) = oneshot::channel();
+    queries.send(query(reply)).await.ok()?;
+    tokio::time::timeout(Duration::from_secs(2), answer)
+        .await
+        .ok()?
+        .ok()
+}
+
+fn no_answer() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the connection table did not answer; see the exporter's log\n",
+    )
+        .into_response()
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
 }
 
 async fn connections(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
     let limit = match parse_limit(query.as_deref()) {
         Ok(limit) => limit,
-        Err(msg) => return (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response(),
+        Err(msg) => return bad_request(&msg),
     };
-    let Some(queries) = &state.connections else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    let (reply, answer) = oneshot::channel();
-    let asked = queries.send(ConnQuery { limit, reply }).await.is_ok();
-    let list: Option<ConnList> = if asked {
-        tokio::time::timeout(Duration::from_secs(2), answer)
-            .await
-            .ok()
-            .and_then(Result::ok)
-    } else {
-        None
-    };
-    match list {
+    match ask(&state, |reply| Query::Connections { limit, reply }).await {
         Some(list) => ([(header::CACHE_CONTROL, "no-store")], axum::Json(list)).into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the connection table did not answer; see the exporter's log\n",
-        )
-            .into_response(),
+        None => no_answer(),
     }
+}
+
+/// The answer of `/api/v1/asns`.
+#[derive(serde::Serialize)]
+struct AsnsResponse {
+    time_ms: u128,
+    /// The country asked for; `null`: all.
+    country: Option<String>,
+    /// The service asked for; `null`: all.
+    service: Option<String>,
+    /// Busiest first; ASNs beyond `--labels.asn-limit` as `other`.
+    asns: Vec<AsnCount>,
+}
+
+async fn asns(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    let filter = match parse_filter(query.as_deref(), state.metrics.wanted(), true) {
+        Ok(filter) => filter,
+        Err(msg) => return bad_request(&msg),
+    };
+    let Filter { country, service } = filter;
+    let asked = service.clone();
+    let Some(asns) = ask(&state, |reply| Query::Asns {
+        country,
+        service: asked,
+        reply,
+    })
+    .await
+    else {
+        return no_answer();
+    };
+    let body = AsnsResponse {
+        time_ms: now_ms(),
+        country: country.map(|c| c.as_str().to_owned()),
+        service,
+        asns,
+    };
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -258,11 +374,19 @@ struct CountriesResponse {
     /// When this answer was made, in milliseconds since the Unix epoch.
     time_ms: u128,
     database: DatabaseJson,
+    /// What the exporter counts beyond connections by country.
+    features: Features,
+    /// The service asked for (`?service=`); `null`: all.
+    service: Option<String>,
     /// Sums over every country.
     total: CountryCounts,
     /// Every country seen since start-up (ISO 3166-1 alpha-2 or `unknown`),
     /// most connections first.
     countries: Vec<CountryJson>,
+    /// With `--labels service`: every `service` label value now shown,
+    /// most connections first (whatever `?service=` asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    services: Option<Vec<ServiceJson>>,
 }
 
 #[derive(serde::Serialize)]
@@ -272,6 +396,20 @@ struct DatabaseJson {
     build_epoch: u64,
 }
 
+/// The opt-in families, as the page needs to know them.
+#[derive(serde::Serialize)]
+#[expect(clippy::struct_excessive_bools, reason = "one switch per family")]
+struct Features {
+    /// `?service=` and `services` (`--labels service`).
+    service: bool,
+    /// `/api/v1/asns` (`--labels asn`).
+    asn: bool,
+    city: bool,
+    /// `received_bytes` and `sent_bytes` (`--metrics.bytes`).
+    bytes: bool,
+    duration: bool,
+}
+
 #[derive(serde::Serialize)]
 struct CountryJson {
     country: String,
@@ -279,11 +417,28 @@ struct CountryJson {
     counts: CountryCounts,
 }
 
-async fn countries(State(state): State<AppState>) -> Response {
+#[derive(serde::Serialize)]
+struct ServiceJson {
+    service: String,
+    #[serde(flatten)]
+    counts: CountryCounts,
+}
+
+/// Live connections, both directions.
+const fn live(c: &CountryCounts) -> i64 {
+    c.inbound.connections + c.outbound.connections
+}
+
+async fn countries(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    let wanted = state.metrics.wanted();
+    let service = match parse_filter(query.as_deref(), wanted, false) {
+        Ok(filter) => filter.service,
+        Err(msg) => return bad_request(&msg),
+    };
+    let overview = state.metrics.overview(service.as_deref());
     let mut total = CountryCounts::default();
-    let mut list: Vec<CountryJson> = state
-        .metrics
-        .countries()
+    let mut list: Vec<CountryJson> = overview
+        .countries
         .into_iter()
         .map(|(country, counts)| {
             total.inbound += counts.inbound;
@@ -291,20 +446,34 @@ async fn countries(State(state): State<AppState>) -> Response {
             CountryJson { country, counts }
         })
         .collect();
-    list.sort_by_key(|c| {
-        std::cmp::Reverse(c.counts.inbound.connections + c.counts.outbound.connections)
+    list.sort_by_key(|c| std::cmp::Reverse(live(&c.counts)));
+    let services = wanted.service.then(|| {
+        let mut list: Vec<ServiceJson> = overview
+            .services
+            .into_iter()
+            .map(|(service, counts)| ServiceJson { service, counts })
+            .collect();
+        list.sort_by_key(|s| std::cmp::Reverse(live(&s.counts)));
+        list
     });
     let page = state.page();
     let body = CountriesResponse {
-        time_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis()),
+        time_ms: now_ms(),
         database: DatabaseJson {
             kind: page.database.database_type.clone(),
             build_epoch: page.database.build_epoch,
         },
+        features: Features {
+            service: wanted.service,
+            asn: wanted.asn,
+            city: wanted.city,
+            bytes: wanted.bytes,
+            duration: wanted.duration,
+        },
+        service,
         total,
         countries: list,
+        services,
     };
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
@@ -329,6 +498,7 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
+    use crate::table::ConnList;
 
     fn state() -> AppState {
         let db = DatabaseInfo {
@@ -403,8 +573,8 @@ mod tests {
     async fn countries_api_reports_per_direction_and_totals() {
         let s = state();
         let mut r = s.metrics.recorder();
-        let de = crate::geo::Country::from_code("DE");
-        let jp = crate::geo::Country::from_code("JP");
+        let de = Country::from_code("DE");
+        let jp = Country::from_code("JP");
         r.opened(de, crate::events::Direction::Inbound, 0, String::new);
         r.opened(jp, crate::events::Direction::Outbound, 0, String::new);
         r.opened(jp, crate::events::Direction::Outbound, 0, String::new);
@@ -428,22 +598,51 @@ mod tests {
         assert!(v["time_ms"].as_u64().unwrap() > 1_700_000_000_000);
     }
 
+    /// A table's task that answers every query with these.
+    fn answering(list: ConnList, asns: Vec<AsnCount>) -> mpsc::Sender<Query> {
+        let (tx, mut rx) = mpsc::channel::<Query>(1);
+        tokio::spawn(async move {
+            while let Some(q) = rx.recv().await {
+                match q {
+                    Query::Connections { limit, reply } => {
+                        assert_eq!(limit, 7);
+                        let _ = reply.send(list.clone());
+                    }
+                    Query::Asns {
+                        country,
+                        service,
+                        reply,
+                    } => {
+                        let mut asns = asns.clone();
+                        // Echo what was asked, for the test to check.
+                        asns.push(AsnCount {
+                            asn: format!("{country:?}"),
+                            as_org: format!("{service:?}"),
+                            inbound: 0,
+                            outbound: 0,
+                        });
+                        let _ = reply.send(asns);
+                    }
+                }
+            }
+        });
+        tx
+    }
+
     #[tokio::test]
     async fn connections_api_only_when_enabled_and_bounded() {
         let (status, _, _) = get(router(state(), "/m"), "/api/v1/connections").await;
         assert_eq!(status, StatusCode::NOT_FOUND, "off by default");
+        let list = ConnList {
+            total: 5,
+            connections: Vec::new(),
+        };
+        let queries = answering(list.clone(), Vec::new());
+        let app = router(state().with_queries(queries.clone(), false), "/m");
+        let (status, _, _) = get(app, "/api/v1/connections").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "asked for, not enabled");
 
-        let (tx, mut rx) = mpsc::channel::<ConnQuery>(1);
-        tokio::spawn(async move {
-            while let Some(q) = rx.recv().await {
-                let _ = q.reply.send(ConnList {
-                    total: 5,
-                    connections: Vec::new(),
-                });
-                assert_eq!(q.limit, 7);
-            }
-        });
-        let app = router(state().with_connections_api(tx), "/m");
+        let app = router(state().with_queries(queries, true), "/m");
         let (status, _, body) = get(app.clone(), "/api/v1/connections?limit=7").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, r#"{"total":5,"connections":[]}"#);
@@ -451,9 +650,126 @@ mod tests {
             ("limit=0", "limit \"0\""),
             ("limit=10001", "limit \"10001\""),
             ("limit=x", "limit \"x\""),
-            ("ip=1.2.3.4", "unknown parameter \"ip=1.2.3.4\""),
+            ("ip=1.2.3.4", "unknown parameter \"ip\"; the known ones are: limit"),
+            ("limit=7&limit=7", "parameter \"limit\" given more than once"),
         ] {
             let (status, _, body) = get(app.clone(), &format!("/api/v1/connections?{bad}")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(body.contains(needle), "{bad}: {body}");
+        }
+    }
+
+    fn state_with(wanted: Wanted) -> AppState {
+        let s = state();
+        AppState {
+            metrics: Metrics::with_families(false, wanted).unwrap(),
+            ..s
+        }
+    }
+
+    #[tokio::test]
+    async fn countries_api_filters_by_service_and_reports_bytes() {
+        use crate::events::Direction::{Inbound, Outbound};
+        let s = state_with(Wanted {
+            service: true,
+            bytes: true,
+            ..Wanted::default()
+        });
+        let mut r = s.metrics.recorder();
+        let (de, jp) = (Country::from_code("DE"), Country::from_code("JP"));
+        r.opened(de, Inbound, 1, || "443".to_owned());
+        r.opened(de, Inbound, 1, || "443".to_owned());
+        r.opened(jp, Outbound, 2, || "curl odd&name".to_owned());
+        r.bytes(de, Inbound, 1000, 20);
+        r.bytes(de, Inbound, 5, 0);
+        let app = router(s, "/m");
+
+        let (status, _, body) = get(app.clone(), "/api/v1/countries").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["features"]["service"], true);
+        assert_eq!(v["features"]["bytes"], true);
+        assert_eq!(v["features"]["asn"], false);
+        assert_eq!(v["service"], serde_json::Value::Null);
+        assert_eq!(v["countries"][0]["country"], "DE");
+        assert_eq!(v["countries"][0]["inbound"]["connections"], 2);
+        assert_eq!(v["countries"][0]["inbound"]["received_bytes"], 1005);
+        assert_eq!(v["countries"][0]["inbound"]["sent_bytes"], 20);
+        assert_eq!(v["countries"][0]["outbound"]["received_bytes"], 0);
+        assert_eq!(v["countries"][1]["outbound"]["sent_bytes"], 0);
+        assert_eq!(v["total"]["inbound"]["received_bytes"], 1005);
+        assert_eq!(v["services"][0]["service"], "443");
+        assert_eq!(v["services"][0]["inbound"]["connections"], 2);
+        assert_eq!(v["services"][1]["service"], "curl odd&name");
+        assert_eq!(v["services"][1]["outbound"]["connections"], 1);
+
+        // One service: its countries only, no bytes (counted by country),
+        // every service still listed. Values are URL-decoded.
+        let (status, _, body) =
+            get(app.clone(), "/api/v1/countries?service=curl+odd%26name").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["service"], "curl odd&name");
+        let countries = v["countries"].as_array().unwrap();
+        assert_eq!(countries.len(), 1, "{body}");
+        assert_eq!(countries[0]["country"], "JP");
+        assert_eq!(countries[0]["outbound"]["connections"], 1);
+        assert!(countries[0]["outbound"].get("received_bytes").is_none());
+        assert_eq!(v["services"].as_array().unwrap().len(), 2);
+        let (_, _, body) = get(app.clone(), "/api/v1/countries?service=8080").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["countries"], serde_json::json!([]), "no such service now");
+
+        let (status, _, body) = get(app, "/api/v1/countries?country=DE").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("unknown parameter \"country\""), "{body}");
+        let (status, _, body) =
+            get(router(state(), "/m"), "/api/v1/countries?service=443").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body.contains("service \"443\"") && body.contains("--labels service"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn asns_api_with_asn_labels_only_and_checked_filters() {
+        let queries = answering(ConnList::default(), Vec::new());
+        let app = router(state().with_queries(queries.clone(), false), "/m");
+        let (status, _, _) = get(app, "/api/v1/asns").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "without --labels asn");
+
+        let alpha = AsnCount {
+            asn: "64500".into(),
+            as_org: "Alpha".into(),
+            inbound: 1,
+            outbound: 2,
+        };
+        let wanted = Wanted {
+            asn: true,
+            ..Wanted::default()
+        };
+        let queries = answering(ConnList::default(), vec![alpha]);
+        let app = router(state_with(wanted).with_queries(queries, false), "/m");
+        let (status, _, body) = get(app.clone(), "/api/v1/asns?country=de").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["country"], "DE");
+        assert_eq!(v["service"], serde_json::Value::Null);
+        assert_eq!(v["asns"][0]["as_org"], "Alpha");
+        assert_eq!(v["asns"][0]["outbound"], 2);
+        assert_eq!(v["asns"][1]["asn"], "Some(DE)", "asked the table for DE");
+        let (_, _, body) = get(app.clone(), "/api/v1/asns?country=unknown").await;
+        assert!(body.contains("\"country\":\"unknown\""), "{body}");
+        let (_, _, body) = get(app.clone(), "/api/v1/asns").await;
+        assert!(body.contains("\"country\":null"), "all countries: {body}");
+        for (bad, needle) in [
+            ("country=Germany", "country \"Germany\" is not a two-letter code"),
+            ("country=D1", "country \"D1\""),
+            ("service=443", "start it with --labels service"),
+            ("asn=1", "unknown parameter \"asn\"; the known ones are: country, service"),
+        ] {
+            let (status, _, body) = get(app.clone(), &format!("/api/v1/asns?{bad}")).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
             assert!(body.contains(needle), "{bad}: {body}");
         }

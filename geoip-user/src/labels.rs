@@ -10,7 +10,7 @@
 //! counts up and down exactly once per connection, whatever the databases
 //! or the capped sets do meanwhile.
 
-use std::net::IpAddr;
+use std::{collections::HashMap, net::IpAddr};
 
 use crate::{
     cap::{Capped, OTHER, Slot},
@@ -124,6 +124,21 @@ pub(crate) struct Labels {
     service: Option<Capped<Service>>,
     asn: Option<Family<AsInfo>>,
     city: Option<Family<City>>,
+    /// With `--labels asn`: live connections by country, ASN slot and
+    /// service slot, (inbound, outbound), for the map's networks of a
+    /// country (`/api/v1/asns`). At most one entry per live connection;
+    /// an entry goes when its count does, so every slot here is held.
+    asn_by_country: HashMap<(Country, Slot, Slot), [u32; 2]>,
+}
+
+/// One ASN's live connections, as `/api/v1/asns` shows it: the label
+/// values of `geoip_connections_by_asn`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct AsnCount {
+    pub(crate) asn: String,
+    pub(crate) as_org: String,
+    pub(crate) inbound: u64,
+    pub(crate) outbound: u64,
 }
 
 impl Labels {
@@ -141,7 +156,62 @@ impl Labels {
             service: service.then(|| Capped::new(caps.service)),
             asn: asn.map(|db| Family::new(db, caps.asn)),
             city: city.map(|db| Family::new(db, caps.city)),
+            asn_by_country: HashMap::new(),
         })
+    }
+
+    /// The live connections by ASN (the same values as
+    /// `geoip_connections_by_asn`) of `country` and of the service shown
+    /// as `service`, or of all: busiest first.
+    pub(crate) fn asns(&self, country: Option<Country>, service: Option<&str>) -> Vec<AsnCount> {
+        let Some(family) = &self.asn else {
+            return Vec::new();
+        };
+        let mut service_matches: HashMap<Slot, bool> = HashMap::new();
+        let mut by_slot: HashMap<Slot, [u64; 2]> = HashMap::new();
+        for (&(cc, asn, svc), counts) in &self.asn_by_country {
+            if country.is_some_and(|c| c != cc) {
+                continue;
+            }
+            if let Some(wanted) = service
+                && !*service_matches
+                    .entry(svc)
+                    .or_insert_with(|| self.service_label(svc) == wanted)
+            {
+                continue;
+            }
+            let sum = by_slot.entry(asn).or_default();
+            sum[0] += u64::from(counts[0]);
+            sum[1] += u64::from(counts[1]);
+        }
+        let mut out: Vec<AsnCount> = by_slot
+            .into_iter()
+            .map(|(slot, [inbound, outbound])| {
+                let [asn, as_org] = asn_labels(family.value(slot), slot);
+                AsnCount {
+                    asn,
+                    as_org,
+                    inbound,
+                    outbound,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (b.inbound + b.outbound)
+                .cmp(&(a.inbound + a.outbound))
+                .then_with(|| a.asn.cmp(&b.asn))
+        });
+        out
+    }
+
+    /// Count a connection in [`Self::asn_by_country`] (`delta` +1 or -1).
+    fn count_by_country(&mut self, key: (Country, Slot, Slot), direction: Direction, delta: i32) {
+        let i = usize::from(direction == Direction::Outbound);
+        let counts = self.asn_by_country.entry(key).or_default();
+        counts[i] = counts[i].saturating_add_signed(delta);
+        if *counts == [0, 0] {
+            self.asn_by_country.remove(&key);
+        }
     }
 
     /// The `service` label value of a connection counted under `slot`.
@@ -188,6 +258,7 @@ impl Labels {
             slots.asn = family.open(remote, recorder);
             let value = family.value(slots.asn);
             recorder.asn(slots.asn, direction, 1, || asn_labels(value, slots.asn));
+            self.count_by_country((country, slots.asn, slots.service), direction, 1);
         }
         if let Some(family) = &mut self.city {
             slots.city = family.open(remote, recorder);
@@ -220,6 +291,9 @@ impl Labels {
             && let Some(freed) = capped.close(slots.service)
         {
             recorder.drop_service(slots.service, &freed.label());
+        }
+        if self.asn.is_some() {
+            self.count_by_country((country, slots.asn, slots.service), direction, -1);
         }
         if let Some(family) = &mut self.asn {
             let value = family.value(slots.asn);
@@ -485,5 +559,78 @@ mod tests {
             Some(1)
         );
         l.close(g, Country::from_code("FR"), out, &mut r);
+    }
+
+    #[test]
+    fn asns_by_country_and_service_follow_opens_and_closes() {
+        let m = Metrics::with_families(
+            false,
+            Wanted {
+                service: true,
+                asn: true,
+                ..Wanted::default()
+            },
+        )
+        .unwrap();
+        let mut r = m.recorder();
+        let (asn, _) = databases();
+        let mut l = Labels::new(
+            true,
+            Some(asn),
+            None,
+            Caps {
+                service: 5,
+                asn: 1,
+                city: 1,
+            },
+        )
+        .unwrap();
+        let (de, jp) = (Country::from_code("DE"), Country::from_code("JP"));
+        let open = |l: &mut Labels, r: &mut Recorder, ip: &str, cc, port, direction| {
+            let conn = Opening {
+                remote: ip.parse().unwrap(),
+                local_port: port,
+                direction,
+                comm: None,
+            };
+            (l.open(conn, cc, r), cc, direction)
+        };
+        let (inb, out) = (Direction::Inbound, Direction::Outbound);
+        // Alpha (the one ASN with a slot) twice in DE on 443, once in JP
+        // on 22; Beta (other) in DE on 443; no answer in DE on 22.
+        let conns = [
+            open(&mut l, &mut r, "192.0.2.1", de, 443, inb),
+            open(&mut l, &mut r, "192.0.2.2", de, 443, inb),
+            open(&mut l, &mut r, "192.0.2.3", jp, 22, inb),
+            open(&mut l, &mut r, "192.0.2.65", de, 443, inb),
+            open(&mut l, &mut r, "192.0.2.200", de, 22, inb),
+            open(&mut l, &mut r, "192.0.2.4", de, 40_000, out),
+        ];
+        let row = |asn: &str, org: &str, inbound, outbound| AsnCount {
+            asn: asn.into(),
+            as_org: org.into(),
+            inbound,
+            outbound,
+        };
+        assert_eq!(
+            l.asns(Some(de), None),
+            [
+                row("64500", "Alpha", 2, 1),
+                row("other", "other", 1, 0),
+                row("unknown", "unknown", 1, 0),
+            ]
+        );
+        assert_eq!(
+            l.asns(Some(de), Some("443")),
+            [row("64500", "Alpha", 2, 0), row("other", "other", 1, 0)]
+        );
+        assert_eq!(l.asns(Some(jp), Some("443")), []);
+        assert_eq!(l.asns(None, Some("22")), [row("64500", "Alpha", 1, 0), row("unknown", "unknown", 1, 0)]);
+        assert_eq!(l.asns(None, None)[0], row("64500", "Alpha", 3, 1));
+        for (slots, cc, direction) in conns {
+            l.close(slots, cc, direction, &mut r);
+        }
+        assert_eq!(l.asns(None, None), []);
+        assert!(l.asn_by_country.is_empty(), "no entry left behind");
     }
 }

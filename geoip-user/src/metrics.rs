@@ -32,6 +32,7 @@ pub(crate) struct Metrics {
     legacy: Option<IntGaugeVec>,
     /// Whether the connection families have a `service` label.
     service: bool,
+    wanted: Wanted,
     families: Families,
     events_read: IntCounterVec,
     events_undecodable: IntCounter,
@@ -348,6 +349,7 @@ impl Metrics {
             closed,
             legacy,
             service: wanted.service,
+            wanted,
             families,
             events_read,
             events_undecodable,
@@ -442,47 +444,66 @@ impl Metrics {
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
 
+    /// Which opt-in families are exported.
+    pub(crate) const fn wanted(&self) -> Wanted {
+        self.wanted
+    }
+
     /// Current connections and opened/closed totals by country and
-    /// direction, read from the same series `/metrics` shows.
-    pub(crate) fn countries(&self) -> BTreeMap<String, CountryCounts> {
-        let mut out: BTreeMap<String, CountryCounts> = BTreeMap::new();
+    /// direction (of the service `service` only, with `--labels
+    /// service`), and each service's, read from the same series
+    /// `/metrics` shows.
+    pub(crate) fn overview(&self, service: Option<&str>) -> Overview {
+        let mut out = Overview::default();
         let families = [
             &self.connections as &dyn Collector,
             &self.opened,
             &self.closed,
         ];
         for (which, collector) in families.into_iter().enumerate() {
-            for family in collector.collect() {
-                for metric in family.get_metric() {
-                    let label = |name: &str| {
-                        metric
-                            .get_label()
-                            .iter()
-                            .find(|l| l.name() == name)
-                            .map(|l| l.value().to_owned())
-                    };
-                    let (Some(country), Some(direction)) = (label("country"), label("direction"))
-                    else {
-                        continue;
-                    };
-                    let entry = out.entry(country).or_default();
-                    let counts = if direction == "inbound" {
-                        &mut entry.inbound
-                    } else {
-                        &mut entry.outbound
-                    };
+            for_each_series(collector, |labels, metric| {
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "integer-valued, non-negative samples"
+                )]
+                let add = |counts: &mut Counts| match which {
+                    0 => counts.connections += metric.get_gauge().get_value() as i64,
+                    1 => counts.opened += metric.get_counter().get_value() as u64,
+                    _ => counts.closed += metric.get_counter().get_value() as u64,
+                };
+                let shown = labels.service;
+                if let Some(name) = shown {
+                    add(out.services.entry(name.to_owned()).or_default().get(labels.inbound));
+                }
+                // Summed: with `--labels service` a country and direction
+                // have a series per service.
+                if service.is_none() || service == shown {
+                    add(out.countries.entry(labels.country.to_owned()).or_default().get(labels.inbound));
+                }
+            });
+        }
+        // Bytes are counted by country and direction only.
+        if service.is_none()
+            && let (Some(received), Some(sent)) = (&self.families.received, &self.families.sent)
+        {
+            for (collector, received) in [(received, true), (sent, false)] {
+                for_each_series(collector, |labels, metric| {
                     #[expect(
                         clippy::cast_possible_truncation,
                         clippy::cast_sign_loss,
                         reason = "integer-valued, non-negative samples"
                     )]
-                    // Summed: with `--labels service` a country and
-                    // direction have a series per service.
-                    match which {
-                        0 => counts.connections += metric.get_gauge().get_value() as i64,
-                        1 => counts.opened += metric.get_counter().get_value() as u64,
-                        _ => counts.closed += metric.get_counter().get_value() as u64,
-                    }
+                    let value = metric.get_counter().get_value() as u64;
+                    let counts = out.countries.entry(labels.country.to_owned()).or_default().get(labels.inbound);
+                    let field = if received { &mut counts.received_bytes } else { &mut counts.sent_bytes };
+                    *field = Some(field.unwrap_or(0) + value);
+                });
+            }
+            for counts in out.countries.values_mut() {
+                for c in [&mut counts.inbound, &mut counts.outbound] {
+                    c.received_bytes.get_or_insert(0);
+                    c.sent_bytes.get_or_insert(0);
                 }
             }
         }
@@ -520,21 +541,89 @@ pub(crate) struct Counts {
     pub(crate) opened: u64,
     /// Connections closed since start-up.
     pub(crate) closed: u64,
+    /// Payload bytes received since start-up (`--metrics.bytes`, and no
+    /// service asked for: bytes are counted by country and direction).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) received_bytes: Option<u64>,
+    /// Payload bytes sent and acknowledged, likewise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) sent_bytes: Option<u64>,
 }
 
 impl std::ops::AddAssign for Counts {
     fn add_assign(&mut self, rhs: Self) {
+        let sum = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
         self.connections += rhs.connections;
         self.opened += rhs.opened;
         self.closed += rhs.closed;
+        self.received_bytes = sum(self.received_bytes, rhs.received_bytes);
+        self.sent_bytes = sum(self.sent_bytes, rhs.sent_bytes);
     }
 }
 
-/// A country's numbers, both directions.
+/// A country's (or a service's) numbers, both directions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct CountryCounts {
     pub(crate) inbound: Counts,
     pub(crate) outbound: Counts,
+}
+
+impl CountryCounts {
+    fn get(&mut self, inbound: bool) -> &mut Counts {
+        if inbound {
+            &mut self.inbound
+        } else {
+            &mut self.outbound
+        }
+    }
+}
+
+/// What [`Metrics::overview`] found.
+#[derive(Debug, Default)]
+pub(crate) struct Overview {
+    /// By country code (or `unknown`).
+    pub(crate) countries: BTreeMap<String, CountryCounts>,
+    /// By `service` label value (empty without `--labels service`), every
+    /// service whatever was asked for.
+    pub(crate) services: BTreeMap<String, CountryCounts>,
+}
+
+/// The labels [`Metrics::overview`] reads of a series.
+struct SeriesLabels<'a> {
+    country: &'a str,
+    inbound: bool,
+    service: Option<&'a str>,
+}
+
+/// Call `f` with every series of `collector` that has a country and a
+/// direction.
+fn for_each_series(
+    collector: &dyn Collector,
+    mut f: impl FnMut(SeriesLabels<'_>, &prometheus::proto::Metric),
+) {
+    for family in collector.collect() {
+        for metric in family.get_metric() {
+            let label = |name: &str| {
+                metric
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(prometheus::proto::LabelPair::value)
+            };
+            let (Some(country), Some(direction)) = (label("country"), label("direction")) else {
+                continue;
+            };
+            let labels = SeriesLabels {
+                country,
+                inbound: direction == "inbound",
+                service: label("service"),
+            };
+            f(labels, metric);
+        }
+    }
 }
 
 /// A counter kept in the kernel, read at collection time.
@@ -856,19 +945,23 @@ mod tests {
         r.opened(de(), Direction::Outbound, 0, String::new);
         r.opened(Country::UNKNOWN, Direction::Outbound, 0, String::new);
         r.closed(de(), Direction::Inbound, 0, String::new);
-        let countries = m.countries();
+        let overview = m.overview(None);
+        assert!(overview.services.is_empty(), "no service label");
+        let countries = overview.countries;
         assert_eq!(
             countries["DE"],
             CountryCounts {
                 inbound: Counts {
                     connections: 1,
                     opened: 2,
-                    closed: 1
+                    closed: 1,
+                    ..Counts::default()
                 },
                 outbound: Counts {
                     connections: 1,
                     opened: 1,
-                    closed: 0
+                    closed: 0,
+                    ..Counts::default()
                 },
             }
         );

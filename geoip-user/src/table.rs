@@ -11,7 +11,7 @@ use crate::{
     events::{Change, Comm, ConnKey, Direction, Event},
     filter::{Exclusions, from_canonical},
     geo::{Country, Databases, Geo},
-    labels::{Labels, Opening, Slots},
+    labels::{AsnCount, Labels, Opening, Slots},
     measures::Measures,
     metrics::Recorder,
     snapshot::Snapshot,
@@ -116,10 +116,20 @@ pub(crate) struct ConnList {
     pub(crate) connections: Vec<ConnView>,
 }
 
-/// A request for [`ConnList`], answered by the task that owns the table.
-pub(crate) struct ConnQuery {
-    pub(crate) limit: usize,
-    pub(crate) reply: tokio::sync::oneshot::Sender<ConnList>,
+/// A question for the task that owns the table.
+pub(crate) enum Query {
+    /// Up to `limit` tracked connections (`/api/v1/connections`).
+    Connections {
+        limit: usize,
+        reply: tokio::sync::oneshot::Sender<ConnList>,
+    },
+    /// The live connections by ASN of one country, or all, of one
+    /// service, or all (`/api/v1/asns`).
+    Asns {
+        country: Option<Country>,
+        service: Option<String>,
+        reply: tokio::sync::oneshot::Sender<Vec<AsnCount>>,
+    },
 }
 
 /// The connection table and everything it updates; owned by one task.
@@ -244,6 +254,25 @@ impl Tracker {
                     netns: key.netns,
                 })
                 .collect(),
+        }
+    }
+
+    /// Answer `query`; a caller that gave up meanwhile gets nothing.
+    pub(crate) fn answer(&self, query: Query) {
+        match query {
+            Query::Connections { limit, reply } => {
+                let _ = reply.send(self.list(limit));
+            }
+            Query::Asns {
+                country,
+                service,
+                reply,
+            } => {
+                let asns = self.labels.as_ref().map_or_else(Vec::new, |(labels, _)| {
+                    labels.asns(country, service.as_deref())
+                });
+                let _ = reply.send(asns);
+            }
         }
     }
 
