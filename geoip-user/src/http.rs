@@ -25,8 +25,7 @@ use axum::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    geo::DatabaseInfo,
-    geo::Country,
+    geo::{Country, DatabaseInfo},
     labels::AsnCount,
     metrics::{CountryCounts, Metrics, Wanted},
     page,
@@ -221,7 +220,9 @@ fn parse_limit(query: Option<&str>) -> Result<usize, String> {
             .parse()
             .ok()
             .filter(|n| (1..=CONNECTIONS_MAX).contains(n))
-            .ok_or_else(|| format!("limit {value:?} is not a number from 1 to {CONNECTIONS_MAX}"))?;
+            .ok_or_else(|| {
+                format!("limit {value:?} is not a number from 1 to {CONNECTIONS_MAX}")
+            })?;
     }
     Ok(limit)
 }
@@ -268,10 +269,7 @@ fn bad_request(msg: &str) -> Response {
 }
 
 /// Ask the table's task; `None` if it does not answer within 2 s.
-async fn ask<T>(
-    state: &AppState,
-    query: impl FnOnce(oneshot::Sender<T>) -> Query,
-) -> Option<T> {
+async fn ask<T>(state: &AppState, query: impl FnOnce(oneshot::Sender<T>) -> Query) -> Option<T> {
     let queries = state.queries.as_ref()?;
     let (reply, answer) = oneshot::channel();
     queries.send(query(reply)).await.ok()?;
@@ -650,8 +648,14 @@ mod tests {
             ("limit=0", "limit \"0\""),
             ("limit=10001", "limit \"10001\""),
             ("limit=x", "limit \"x\""),
-            ("ip=1.2.3.4", "unknown parameter \"ip\"; the known ones are: limit"),
-            ("limit=7&limit=7", "parameter \"limit\" given more than once"),
+            (
+                "ip=1.2.3.4",
+                "unknown parameter \"ip\"; the known ones are: limit",
+            ),
+            (
+                "limit=7&limit=7",
+                "parameter \"limit\" given more than once",
+            ),
         ] {
             let (status, _, body) = get(app.clone(), &format!("/api/v1/connections?{bad}")).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
@@ -705,8 +709,7 @@ mod tests {
 
         // One service: its countries only, no bytes (counted by country),
         // every service still listed. Values are URL-decoded.
-        let (status, _, body) =
-            get(app.clone(), "/api/v1/countries?service=curl+odd%26name").await;
+        let (status, _, body) = get(app.clone(), "/api/v1/countries?service=curl+odd%26name").await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["service"], "curl odd&name");
@@ -723,8 +726,7 @@ mod tests {
         let (status, _, body) = get(app, "/api/v1/countries?country=DE").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(body.contains("unknown parameter \"country\""), "{body}");
-        let (status, _, body) =
-            get(router(state(), "/m"), "/api/v1/countries?service=443").await;
+        let (status, _, body) = get(router(state(), "/m"), "/api/v1/countries?service=443").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(
             body.contains("service \"443\"") && body.contains("--labels service"),
@@ -764,10 +766,16 @@ mod tests {
         let (_, _, body) = get(app.clone(), "/api/v1/asns").await;
         assert!(body.contains("\"country\":null"), "all countries: {body}");
         for (bad, needle) in [
-            ("country=Germany", "country \"Germany\" is not a two-letter code"),
+            (
+                "country=Germany",
+                "country \"Germany\" is not a two-letter code",
+            ),
             ("country=D1", "country \"D1\""),
             ("service=443", "start it with --labels service"),
-            ("asn=1", "unknown parameter \"asn\"; the known ones are: country, service"),
+            (
+                "asn=1",
+                "unknown parameter \"asn\"; the known ones are: country, service",
+            ),
         ] {
             let (status, _, body) = get(app.clone(), &format!("/api/v1/asns?{bad}")).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");

@@ -625,7 +625,10 @@ mod tests {
             [row("64500", "Alpha", 2, 0), row("other", "other", 1, 0)]
         );
         assert_eq!(l.asns(Some(jp), Some("443")), []);
-        assert_eq!(l.asns(None, Some("22")), [row("64500", "Alpha", 1, 0), row("unknown", "unknown", 1, 0)]);
+        assert_eq!(
+            l.asns(None, Some("22")),
+            [row("64500", "Alpha", 1, 0), row("unknown", "unknown", 1, 0)]
+        );
         assert_eq!(l.asns(None, None)[0], row("64500", "Alpha", 3, 1));
         for (slots, cc, direction) in conns {
             l.close(slots, cc, direction, &mut r);

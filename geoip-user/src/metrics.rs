@@ -474,12 +474,20 @@ impl Metrics {
                 };
                 let shown = labels.service;
                 if let Some(name) = shown {
-                    add(out.services.entry(name.to_owned()).or_default().get(labels.inbound));
+                    add(out
+                        .services
+                        .entry(name.to_owned())
+                        .or_default()
+                        .get(labels.inbound));
                 }
                 // Summed: with `--labels service` a country and direction
                 // have a series per service.
                 if service.is_none() || service == shown {
-                    add(out.countries.entry(labels.country.to_owned()).or_default().get(labels.inbound));
+                    add(out
+                        .countries
+                        .entry(labels.country.to_owned())
+                        .or_default()
+                        .get(labels.inbound));
                 }
             });
         }
@@ -495,8 +503,16 @@ impl Metrics {
                         reason = "integer-valued, non-negative samples"
                     )]
                     let value = metric.get_counter().get_value() as u64;
-                    let counts = out.countries.entry(labels.country.to_owned()).or_default().get(labels.inbound);
-                    let field = if received { &mut counts.received_bytes } else { &mut counts.sent_bytes };
+                    let counts = out
+                        .countries
+                        .entry(labels.country.to_owned())
+                        .or_default()
+                        .get(labels.inbound);
+                    let field = if received {
+                        &mut counts.received_bytes
+                    } else {
+                        &mut counts.sent_bytes
+                    };
                     *field = Some(field.unwrap_or(0) + value);
                 });
             }
