@@ -2,7 +2,8 @@
 //! CSS and JavaScript, no request anywhere but this exporter) and the
 //! country shapes it draws (`OUT_DIR/world.json`, made by
 //! `build/worldmap.rs` from Natural Earth via world-atlas; see
-//! `assets/world/LICENSES.md`). The page polls `/api/v1/countries`.
+//! `assets/world/LICENSES.md`). The page polls `/api/v1/countries` (and,
+//! with `--labels asn`, `/api/v1/asns`).
 
 use crate::geo::DatabaseInfo;
 
@@ -117,8 +118,10 @@ mod tests {
             assert!(!MAP_HTML.contains(needle), "{needle} in map.html");
         }
         // Relative, so the page works behind a reverse proxy's path prefix.
-        assert!(MAP_HTML.contains("fetch('api/v1/countries'"));
+        assert!(MAP_HTML.contains("getJson(`api/v1/countries${q}`"));
+        assert!(MAP_HTML.contains("getJson(`api/v1/asns"));
         assert!(MAP_HTML.contains("fetch('assets/world.json')"));
+        assert!(!MAP_HTML.contains("'/api") && !MAP_HTML.contains("`/api"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, net::TcpStream, path::Path, time::Duration};
 use bcrypt as _;
 use geoip_tests::{
     exporter::{Exporter, temp_dir},
-    fixtures::{BR_V6, DE_V4, JP_V4},
+    fixtures::{BR_V4, BR_V6, DE_V4, DE_V6, JP_V4},
     mmdb::{Value, Writer},
     netns::{HOST_V4, HOST_V6, TestNet, host_listener, sock},
     webdriver::Browser,
@@ -446,4 +446,327 @@ fn map_page_shows_live_connections_by_country() {
     }
     println!("screenshots in {}", dir.display());
     drop((de, held, local));
+}
+
+/// What the page's view controls and networks card show.
+const READ_OPTIONS: &str = r"
+const asns = [...document.querySelectorAll('#asn-rows tr[data-asn]')].map((tr) => ({
+  asn: tr.dataset.asn,
+  label: tr.children[0].textContent,
+  org: tr.children[1].textContent,
+  in: Number(tr.querySelector('[data-k=in]').dataset.v),
+  out: Number(tr.querySelector('[data-k=out]').dataset.v),
+}));
+const sel = document.getElementById('service');
+const bytesBtn = document.querySelector('#colour button[data-colour=bytes]');
+const w = document.querySelector('.tablewrap');
+return {
+  asns,
+  asnTitle: document.getElementById('asn-title').textContent,
+  asnEmpty: !document.getElementById('asn-empty').hidden,
+  asnCard: !document.getElementById('asncard').hidden,
+  services: [...sel.options].map((o) => o.value),
+  serviceShown: !document.getElementById('service-control').hidden,
+  service: document.body.dataset.service,
+  colour: document.body.dataset.colour,
+  country: document.body.dataset.country,
+  bytesDisabled: bytesBtn.disabled,
+  scale: document.getElementById('scale-title').textContent,
+  heads: [...document.querySelectorAll('#table th[data-key]')].map((th) => th.dataset.key),
+  selectedRow: [...document.querySelectorAll('#rows tr.sel')].map((tr) => tr.dataset.cc),
+  width: document.documentElement.scrollWidth,
+  tableOverflow: w.scrollWidth - w.clientWidth,
+};";
+
+fn read_options(browser: &Browser) -> Json {
+    browser.execute(READ_OPTIONS, &[])
+}
+
+/// Read the page until `ok` holds of what it shows, at most 10 s.
+fn wait_options(browser: &Browser, what: &str, ok: impl Fn(&Json) -> bool) -> Json {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = read_options(browser);
+        if ok(&page) {
+            return page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: the page shows {page:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn asn_row(asn: &str, org: &str, inbound: u64, outbound: u64) -> Json {
+    let label = match asn {
+        "unknown" => "—".to_owned(),
+        "other" => "Other".to_owned(),
+        n => format!("AS{n}"),
+    };
+    json!({ "asn": asn, "label": label, "org": org, "in": inbound, "out": outbound })
+}
+
+fn choose_service(browser: &Browser, service: &str) {
+    browser.execute(
+        "const s = document.getElementById('service');
+         s.value = arguments[0];
+         s.dispatchEvent(new Event('change'));",
+        &[json!(service)],
+    );
+}
+
+/// With `--labels service,asn` and `--metrics.bytes` the page offers a
+/// service filter, colouring by bytes, and each country's networks: all
+/// checked against exactly known connections and payloads, in the
+/// browser.
+#[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
+fn map_page_filters_by_service_colours_by_bytes_and_lists_networks() {
+    use std::io::{Read as _, Write as _};
+
+    const OUT_THREAD: &str = "geoip-map-out";
+    let dir = temp_dir("browser-options");
+    let (country_db, asn_db) = (dir.join("country.mmdb"), dir.join("asn.mmdb"));
+    geoip_tests::fixtures::write_database(&country_db);
+    geoip_tests::fixtures::write_asn_labels_database(&asn_db);
+    let net = TestNet::create("mapopt", &[DE_V4, DE_V6, JP_V4, BR_V4]);
+    let remote = net.serve(SERVICE_PORT);
+    let (first, first_port) = host_listener();
+    let (second, second_port) = host_listener();
+    let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+    let exporter = Exporter::start(
+        &dir,
+        &[
+            "--geoip.database",
+            &path(&country_db),
+            "--geoip.database",
+            &path(&asn_db),
+            "--labels=service,asn",
+            "--metrics.bytes",
+        ],
+    );
+
+    // Outbound, made by a thread the kernel names: DE 3 (AS64500), JP 1
+    // (AS64501), BR 1 (no AS); and one to DE that carries 1,000 bytes
+    // out and 300 back, then closes.
+    let (mut held, mut payload) = std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name(OUT_THREAD.into())
+            .spawn_scoped(s, || {
+                let held: Vec<TcpStream> = [DE_V4, DE_V4, DE_V6, JP_V4, BR_V4]
+                    .iter()
+                    .map(|h| net.connect_to(sock(h, SERVICE_PORT)))
+                    .collect();
+                (held, net.connect_to(sock(DE_V4, SERVICE_PORT)))
+            })
+            .expect("thread")
+            .join()
+            .expect("connected")
+    });
+    let mut payload_srv = remote.take(payload.local_addr().expect("address"));
+    payload.write_all(&[b'a'; 1000]).expect("write");
+    let mut buf = vec![0u8; 1000];
+    payload_srv.read_exact(&mut buf).expect("read");
+    payload_srv.write_all(&[b'b'; 300]).expect("write");
+    payload.read_exact(&mut buf[..300]).expect("read");
+    payload
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    while payload_srv.read(&mut buf).is_ok_and(|n| n > 0) {}
+    drop(payload_srv);
+    while payload.read(&mut buf).is_ok_and(|n| n > 0) {}
+    drop(payload);
+    // Inbound: JP 2 to the first port, DE 1 to the second.
+    for (source, port, server) in [
+        (JP_V4, first_port, &first),
+        (JP_V4, first_port, &first),
+        (DE_V4, second_port, &second),
+    ] {
+        let client = net.connect_from(source, sock(HOST_V4, port));
+        held.push(server.take(client.local_addr().expect("client address")));
+        held.push(client);
+    }
+    wait_api(
+        &exporter,
+        &[("BR", 1), ("DE", 4), ("JP", 3)].into_iter().collect(),
+    );
+    // The closed connection's last bytes.
+    let _ = exporter.wait_for(|s| {
+        s.get("geoip_sent_bytes_total{country=\"DE\",direction=\"outbound\"}")
+            .copied()
+            >= Some(1000.0)
+    });
+
+    let browser = Browser::start(&dir);
+    browser.viewport(1280, 800, false);
+    browser.dark(false);
+    browser.navigate(&format!("http://{}/", exporter.addr));
+    let both = counts(&[("BR", 1), ("DE", 4), ("JP", 3)]);
+    let page = wait_map(&browser, &both);
+    assert_eq!(page["map"], both, "{page:#}");
+
+    // Every service, busiest first; the networks of all countries.
+    let (first_label, second_label) = (first_port.to_string(), second_port.to_string());
+    let all_nets = [
+        asn_row("64500", "Deutsche Example", 1, 3),
+        asn_row("64501", "Japan Example", 2, 1),
+        asn_row("unknown", "Not in the ASN database", 0, 1),
+    ];
+    let opts = wait_options(&browser, "networks of all countries", |p| {
+        p["asns"] == json!(all_nets)
+    });
+    assert_eq!(
+        opts["services"],
+        json!(["", OUT_THREAD, first_label, second_label]),
+        "{opts:#}"
+    );
+    assert_eq!(opts["asnTitle"], "Networks · All countries");
+    assert_eq!(opts["colour"], "connections");
+    assert_eq!(opts["bytesDisabled"], false);
+
+    // One service: its countries only; bytes (counted by country, not by
+    // service) cannot colour it.
+    choose_service(&browser, &first_label);
+    let page = wait_map(&browser, &counts(&[("JP", 2)]));
+    assert_eq!(
+        page["map"],
+        counts(&[("JP", 2)]),
+        "port {first_port}: {page:#}"
+    );
+    assert_eq!(page["rows"]["JP"]["in"], 2);
+    let opts = wait_options(&browser, "networks of one port", |p| {
+        p["asns"] == json!([asn_row("64501", "Japan Example", 2, 0)])
+    });
+    assert_eq!(opts["service"], first_label);
+    assert_eq!(opts["bytesDisabled"], true);
+    assert!(
+        read(&browser)["hash"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("service={first_port}")),
+        "the service goes into the URL"
+    );
+    choose_service(&browser, OUT_THREAD);
+    let outbound = counts(&[("BR", 1), ("DE", 3), ("JP", 1)]);
+    let page = wait_map(&browser, &outbound);
+    assert_eq!(page["map"], outbound, "{OUT_THREAD}: {page:#}");
+    choose_service(&browser, "");
+    let page = wait_map(&browser, &both);
+    assert_eq!(page["map"], both);
+
+    // Colour by bytes: only DE carried any, 1,300 both ways; the table
+    // shows received and sent.
+    browser.click("#colour button[data-colour='bytes']");
+    let bytes = counts(&[("DE", 1300)]);
+    let page = wait_map(&browser, &bytes);
+    assert_eq!(page["map"], bytes, "by bytes: {page:#}");
+    assert_eq!(page["rows"]["DE"]["rx"], 300, "{page:#}");
+    assert_eq!(page["rows"]["DE"]["tx"], 1000);
+    assert_eq!(page["rows"]["DE"]["order"], 0);
+    let opts = read_options(&browser);
+    assert_eq!(opts["colour"], "bytes");
+    assert_eq!(
+        opts["heads"],
+        json!(["cc", "name", "in", "out", "total", "rx", "tx"])
+    );
+    assert_eq!(opts["scale"], "Bytes since start (received + sent)");
+    assert!(
+        opts["tableOverflow"].as_f64().unwrap_or(1e9) <= 0.0,
+        "{opts:#}"
+    );
+    assert!(opts["width"].as_f64().unwrap_or(1e9) <= 1280.0, "{opts:#}");
+    let ticks = read(&browser)["ticks"].clone();
+    assert_eq!(
+        ticks.as_array().and_then(|t| t.last()),
+        Some(&json!("1.30 kB")),
+        "{ticks}"
+    );
+    browser.click(".seg button[data-mode='inbound']");
+    let page = wait_map(&browser, &counts(&[]));
+    assert_eq!(page["map"], counts(&[]), "no inbound bytes: {page:#}");
+    browser.click(".seg button[data-mode='both']");
+    browser.click("#colour button[data-colour='connections']");
+    let page = wait_map(&browser, &both);
+    assert_eq!(page["map"], both);
+
+    // A country clicked: its networks; clicked again: all countries.
+    browser.click("#rows tr[data-cc='DE']");
+    let opts = wait_options(&browser, "networks of DE", |p| {
+        p["asns"] == json!([asn_row("64500", "Deutsche Example", 1, 3)])
+    });
+    assert_eq!(opts["asnTitle"], "Networks · Germany");
+    assert_eq!(opts["country"], "DE");
+    assert_eq!(opts["selectedRow"], json!(["DE"]));
+    browser.screenshot(&dir.join("map-options-light.png"));
+    browser.execute(
+        "document.querySelector(\"#map [data-cc='JP']\").dispatchEvent(new MouseEvent('click', { bubbles: true }))",
+        &[],
+    );
+    let opts = wait_options(&browser, "networks of JP, clicked on the map", |p| {
+        p["asns"] == json!([asn_row("64501", "Japan Example", 2, 1)])
+    });
+    assert_eq!(opts["country"], "JP");
+    browser.click("#asn-all");
+    let _ = wait_options(&browser, "all countries again", |p| {
+        p["asns"] == json!(all_nets)
+    });
+
+    // The whole view comes back from the URL.
+    browser.navigate(&format!(
+        "http://{}/#outbound&service={OUT_THREAD}&country=DE",
+        exporter.addr
+    ));
+    let opts = wait_options(&browser, "the view from the URL", |p| {
+        p["asns"] == json!([asn_row("64500", "Deutsche Example", 0, 3)])
+    });
+    assert_eq!(opts["service"], OUT_THREAD);
+    assert_eq!(opts["country"], "DE");
+    let page = wait_map(&browser, &outbound);
+    assert_eq!(page["map"], outbound);
+    assert_eq!(page["mode"], "outbound");
+    // A service with no connections now, in the URL: an empty page that
+    // says so, not an error.
+    browser.navigate(&format!(
+        "http://{}/#service=sshd&country=DE",
+        exporter.addr
+    ));
+    let opts = wait_options(&browser, "a service with no connections", |p| {
+        p["asnEmpty"] == true
+    });
+    assert_eq!(read(&browser)["state"], "live");
+    assert!(
+        opts["services"]
+            .as_array()
+            .is_some_and(|s| s.contains(&json!("sshd"))),
+        "{opts:#}"
+    );
+    browser.dark(true);
+    browser.navigate(&format!("http://{}/#country=DE", exporter.addr));
+    let _ = wait_options(&browser, "dark", |p| {
+        p["asns"] == json!([asn_row("64500", "Deutsche Example", 1, 3)])
+    });
+    settle();
+    browser.screenshot(&dir.join("map-options-dark.png"));
+    // Phone width: the networks card between the map and the table.
+    browser.viewport(390, 844, true);
+    settle();
+    let phone = browser.execute(
+        "const m = document.getElementById('map').getBoundingClientRect();
+         const a = document.getElementById('asncard').getBoundingClientRect();
+         const t = document.getElementById('table').getBoundingClientRect();
+         return { mapBottom: m.bottom, asnTop: a.top, asnBottom: a.bottom, tableTop: t.top,
+                  width: document.documentElement.scrollWidth };",
+        &[],
+    );
+    let at = |k: &str| phone[k].as_f64().unwrap_or(f64::NAN);
+    assert!(
+        at("mapBottom") <= at("asnTop") && at("asnBottom") <= at("tableTop"),
+        "map, then networks, then the table: {phone}"
+    );
+    assert!(phone["width"].as_f64().unwrap_or(1e9) <= 390.0, "{phone}");
+    browser.screenshot(&dir.join("map-options-phone-dark.png"));
+    println!("screenshots in {}", dir.display());
+    assert_eq!(exporter.stop(libc::SIGTERM).code(), Some(0));
+    drop((held, first, second, remote));
 }
