@@ -2,7 +2,7 @@
 //! driven over `WebDriver`, loads the page from the real exporter while the
 //! machine has real connections to and from test hosts, and reads what the
 //! page shows. Screenshots (desktop and phone width, light and dark) go to
-//! the test's folder; the light desktop one also to `docs/map.png` when
+//! the test's folder; the light desktop ones also to `docs/` when
 //! `GEOIP_UPDATE_SCREENSHOT` is set.
 
 use std::{collections::BTreeMap, net::TcpStream, path::Path, time::Duration};
@@ -83,6 +83,17 @@ return {
 };";
 
 /// Let the page's colour transitions (0.5 s) finish before a screenshot.
+/// Copy a screenshot to `docs/NAME` for the README, on request only
+/// (`GEOIP_UPDATE_SCREENSHOT`), so a test run leaves the work tree as it
+/// found it.
+fn publish(screenshot: &Path, name: &str) {
+    if std::env::var_os("GEOIP_UPDATE_SCREENSHOT").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        std::fs::create_dir_all(&docs).expect("docs/");
+        std::fs::copy(screenshot, docs.join(name)).expect("copy to docs/");
+    }
+}
+
 fn settle() {
     std::thread::sleep(Duration::from_millis(700));
 }
@@ -437,13 +448,7 @@ fn map_page_shows_live_connections_by_country() {
     );
     assert_eq!(read(&browser)["map"], after_close, "last numbers kept");
 
-    // The README's picture is refreshed on request only, so a test run
-    // leaves the work tree as it found it.
-    if std::env::var_os("GEOIP_UPDATE_SCREENSHOT").is_some() {
-        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
-        std::fs::create_dir_all(&docs).expect("docs/");
-        std::fs::copy(&desktop_light, docs.join("map.png")).expect("docs/map.png");
-    }
+    publish(&desktop_light, "map.png");
     println!("screenshots in {}", dir.display());
     drop((de, held, local));
 }
@@ -698,7 +703,9 @@ fn map_page_filters_by_service_colours_by_bytes_and_lists_networks() {
     assert_eq!(opts["asnTitle"], "Networks · Germany");
     assert_eq!(opts["country"], "DE");
     assert_eq!(opts["selectedRow"], json!(["DE"]));
-    browser.screenshot(&dir.join("map-options-light.png"));
+    let light = dir.join("map-options-light.png");
+    browser.screenshot(&light);
+    publish(&light, "map-options.png");
     browser.execute(
         "document.querySelector(\"#map [data-cc='JP']\").dispatchEvent(new MouseEvent('click', { bubbles: true }))",
         &[],
