@@ -160,7 +160,12 @@ pub(crate) fn start(args: &Args) -> Result<Started, AppError> {
         ring_buffer_bytes = args.ring_buffer_bytes,
         "kernel program attached to sock/inet_sock_set_state"
     );
-    let snapshotter = Snapshotter::start(Exclusions::new(&args.exclude).ranges())?;
+    // Outbound connections already open are named after the process
+    // holding them (the kernel program saw no connect() of theirs).
+    let snapshotter = Snapshotter::start(
+        Exclusions::new(&args.exclude).ranges(),
+        args.labels.contains(&Label::Service),
+    )?;
     // Reading the kernel's BTF (several MB) and the eBPF object left freed
     // heap behind; give it back to the system before serving.
     // SAFETY: malloc_trim has no preconditions.

@@ -42,6 +42,7 @@ mod labels;
 mod measures;
 mod metrics;
 mod namespaces;
+mod owners;
 mod page;
 mod probe;
 mod reload;

@@ -17,11 +17,12 @@
 //! of its namespace was accepted (inbound), any other was made (outbound).
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs::File,
     io,
     net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::Path,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -31,9 +32,10 @@ use geoip_common::{AF_INET, AF_INET6, IPPROTO_TCP, tcp_state};
 
 use crate::{
     caps::{self, CAP_SYS_ADMIN, CAP_SYS_PTRACE},
-    events::{ConnKey, Counters, Direction},
+    events::{Comm, ConnKey, Counters, Direction},
     filter::{Cidr, canonical},
     namespaces::{self, NetNs},
+    owners,
 };
 
 const NETLINK_SOCK_DIAG: i32 = 4;
@@ -192,6 +194,9 @@ impl Pass {
 pub(crate) struct Snapshot {
     /// ESTABLISHED connections and their direction ([`Pass::Connections`]).
     pub(crate) conns: Vec<(ConnKey, Direction)>,
+    /// The process holding each outbound connection, when asked for
+    /// ([`Snapshotter::start`] with `owners`).
+    pub(crate) owners: HashMap<ConnKey, Comm>,
     /// ESTABLISHED connections and their byte counters ([`Pass::Bytes`]).
     pub(crate) bytes: Vec<(ConnKey, Counters)>,
     /// Connections in a closing state ([`Pass::Bytes`]).
@@ -203,6 +208,9 @@ pub(crate) struct Snapshot {
     pub(crate) unreadable: HashSet<u32>,
     /// How long it took.
     pub(crate) elapsed: Duration,
+    /// The socket inode of each outbound connection, until
+    /// [`Self::find_owners`].
+    pub(crate) inodes: Vec<(ConnKey, u32)>,
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<Snapshot, SnapshotError>>;
@@ -220,8 +228,10 @@ pub(crate) struct Snapshotter {
 
 impl Snapshotter {
     /// Start the thread (call it while the process still has its
-    /// capabilities).
-    pub(crate) fn start(exclude: &[Cidr]) -> Result<Self, SnapshotError> {
+    /// capabilities). With `owners`, a [`Pass::Connections`] snapshot also
+    /// finds the process holding each outbound connection (see
+    /// [`crate::owners`]).
+    pub(crate) fn start(exclude: &[Cidr], owners: bool) -> Result<Self, SnapshotError> {
         let filter = Filter::excluding(exclude);
         let (requests, incoming) = std::sync::mpsc::channel::<Request>();
         let home = File::open("/proc/thread-self/ns/net").map_err(SnapshotError::OwnNamespace)?;
@@ -250,7 +260,7 @@ impl Snapshotter {
                     let answer = if broken {
                         Err(SnapshotError::Stranded)
                     } else {
-                        let answer = take(scope, pass, &filter);
+                        let answer = take(scope, pass, &filter, owners);
                         // Back home for the next one, whatever happened.
                         if let Err(err) = namespaces::enter_file(&home) {
                             tracing::error!(error = %err, "the snapshot thread cannot return to the exporter's network namespace; no more snapshots");
@@ -283,7 +293,12 @@ impl Snapshotter {
 /// Dump the exporter's own namespace, then (for [`Scope::All`]) enter
 /// each other one in turn. Runs on the snapshot thread, which starts in
 /// the exporter's namespace.
-fn take(scope: Scope, pass: Pass, filter: &Filter) -> Result<Snapshot, SnapshotError> {
+fn take(
+    scope: Scope,
+    pass: Pass,
+    filter: &Filter,
+    owners: bool,
+) -> Result<Snapshot, SnapshotError> {
     let start = Instant::now();
     let own = namespaces::own().map_err(SnapshotError::OwnNamespace)?;
     let mut snap = Snapshot::default();
@@ -307,6 +322,9 @@ fn take(scope: Scope, pass: Pass, filter: &Filter) -> Result<Snapshot, SnapshotE
             }
         }
     }
+    if owners && pass == Pass::Connections {
+        snap.find_owners(Path::new("/proc"));
+    }
     snap.elapsed = start.elapsed();
     Ok(snap)
 }
@@ -315,7 +333,14 @@ impl Snapshot {
     /// Add one namespace's `sockets`.
     fn add(&mut self, pass: Pass, sockets: &[DiagSocket]) {
         match pass {
-            Pass::Connections => self.conns.extend(classify(sockets)),
+            Pass::Connections => {
+                for (key, direction, inode) in classify(sockets) {
+                    self.conns.push((key, direction));
+                    if direction == Direction::Outbound && inode != 0 {
+                        self.inodes.push((key, inode));
+                    }
+                }
+            }
             Pass::Bytes => {
                 for s in sockets {
                     if i32::from(s.state) == tcp_state::ESTABLISHED {
@@ -328,6 +353,17 @@ impl Snapshot {
                 }
             }
         }
+    }
+
+    /// Name each outbound connection after the process holding it.
+    fn find_owners(&mut self, proc: &Path) {
+        let inodes = std::mem::take(&mut self.inodes);
+        let wanted: HashSet<u32> = inodes.iter().map(|(_, inode)| *inode).collect();
+        let names = owners::process_names(proc, &wanted);
+        self.owners = inodes
+            .into_iter()
+            .filter_map(|(key, inode)| Some((key, *names.get(&inode)?)))
+            .collect();
     }
 }
 
@@ -351,6 +387,8 @@ pub(crate) struct DiagSocket {
     key: ConnKey,
     /// From its `tcp_info`, when asked for ([`Pass::Bytes`]).
     counters: Option<Counters>,
+    /// Its inode (0: none, as for a socket without a file).
+    inode: u32,
 }
 
 /// The TCP sockets `pass` wants of the calling thread's network namespace
@@ -476,7 +514,7 @@ fn hostcond(cidr: &Cidr) -> Vec<u8> {
     out
 }
 
-fn classify(sockets: &[DiagSocket]) -> Vec<(ConnKey, Direction)> {
+fn classify(sockets: &[DiagSocket]) -> Vec<(ConnKey, Direction, u32)> {
     let listening: HashSet<u16> = sockets
         .iter()
         .filter(|s| i32::from(s.state) == tcp_state::LISTEN)
@@ -491,7 +529,7 @@ fn classify(sockets: &[DiagSocket]) -> Vec<(ConnKey, Direction)> {
             } else {
                 Direction::Outbound
             };
-            (s.key, direction)
+            (s.key, direction, s.inode)
         })
         .collect()
 }
@@ -673,6 +711,7 @@ pub(crate) fn parse_messages(
                         state: msg.state,
                         key,
                         counters: tcp_info_counters(&payload[size_of::<InetDiagMsg>()..]),
+                        inode: msg.inode,
                     });
                 }
             }
@@ -744,7 +783,46 @@ mod tests {
         netns: u32,
         filter: &Filter,
     ) -> Result<Vec<(ConnKey, Direction)>, SnapshotError> {
-        Ok(classify(&sockets(netns, Pass::Connections, filter)?))
+        Ok(classify(&sockets(netns, Pass::Connections, filter)?)
+            .into_iter()
+            .map(|(key, direction, _)| (key, direction))
+            .collect())
+    }
+
+    /// An outbound connection is named after the process holding it,
+    /// found by its socket inode; an inbound one is not looked for.
+    #[test]
+    fn outbound_connections_are_named_after_their_process() {
+        let l = TcpListener::bind("[::1]:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let mut snap = Snapshot::default();
+        snap.add(
+            Pass::Connections,
+            &sockets(7, Pass::Connections, &Filter::default()).unwrap(),
+        );
+        snap.find_owners(Path::new("/proc"));
+        let key = |s: &TcpStream| {
+            let (local, remote) = (s.local_addr().unwrap(), s.peer_addr().unwrap());
+            ConnKey {
+                local: canonical(local.ip()),
+                remote: canonical(remote.ip()),
+                local_port: local.port(),
+                remote_port: remote.port(),
+                netns: 7,
+            }
+        };
+        let own = std::fs::read_to_string("/proc/self/comm").unwrap();
+        assert_eq!(
+            snap.owners.get(&key(&c)).and_then(Comm::name).as_deref(),
+            Some(own.trim_end())
+        );
+        assert!(snap.conns.contains(&(key(&s), Direction::Inbound)));
+        assert!(
+            !snap.owners.contains_key(&key(&s)),
+            "inbound: not looked for"
+        );
+        assert!(snap.inodes.is_empty(), "used up");
     }
 
     /// Real sockets on loopback, seen through the real kernel interface.
@@ -964,24 +1042,27 @@ mod tests {
                 state: 10,
                 key: k(443, 0),
                 counters: None,
+                inode: 0,
             },
             DiagSocket {
                 state: 1,
                 key: k(443, 50000),
                 counters: None,
+                inode: 0,
             },
             DiagSocket {
                 state: 1,
                 key: k(50001, 443),
                 counters: None,
+                inode: 0,
             },
         ];
         let got = classify(&sockets);
         assert_eq!(
             got,
             vec![
-                (k(443, 50000), Direction::Inbound),
-                (k(50001, 443), Direction::Outbound)
+                (k(443, 50000), Direction::Inbound, 0),
+                (k(50001, 443), Direction::Outbound, 0)
             ]
         );
     }

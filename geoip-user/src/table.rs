@@ -519,7 +519,7 @@ impl Tracker {
                         "reconcile: ESTABLISHED but untracked, counted"
                     );
                 }
-                self.open(fp, &key, direction, None);
+                self.open(fp, &key, direction, snapshot.owners.get(&key).copied());
                 report.added += 1;
             }
         }

@@ -18,7 +18,9 @@
 //!    exporter tracks exactly the connections held.
 //! 3. A second exporter starts while they exist: the time from spawning
 //!    it until it answers, its `geoip_exporter_snapshot_duration_seconds`
-//!    from its first scrape, and whether it tracks them all.
+//!    from its first scrape, and whether it tracks them all; then a third
+//!    with `--labels service`, whose snapshot also finds the process of
+//!    each outbound connection in `/proc`.
 //!
 //! Needs root. Prints a Markdown table for BENCHMARKS.md, then one
 //! tab-separated `TARGET` line per target: what, target, measured,
@@ -121,6 +123,22 @@ fn test_hosts_open(s: &Samples) -> f64 {
     ["DE", "JP", "BR"]
         .iter()
         .map(|c| value(s, &format!("geoip_connections{}", cd(c, "outbound"))))
+        .sum()
+}
+
+/// The outbound connections to the test hosts counted under a process
+/// name (with `--labels service`), not `unknown`.
+fn holder_named(s: &Samples) -> f64 {
+    s.iter()
+        .filter(|(series, _)| {
+            series.starts_with("geoip_connections{")
+                && series.contains("direction=\"outbound\"")
+                && !series.contains("service=\"unknown\"")
+                && ["DE", "JP", "BR"]
+                    .iter()
+                    .any(|c| series.contains(&format!("country=\"{c}\"")))
+        })
+        .map(|(_, v)| v)
         .sum()
 }
 
@@ -232,6 +250,13 @@ fn main() {
     let second_tracked = value(&first, TRACKED) - value(&base, TRACKED);
     let second_counted = test_hosts_open(&first) - test_hosts_open(&base);
     let second_exact = is(second_tracked, HELD) && is(second_counted, HELD);
+    // A third with --labels service: its snapshot also names each
+    // outbound connection after the process holding it, from /proc.
+    let third = Exporter::start(&dir, &["--geoip.database", &db_arg, "--labels=service"]);
+    let named = parse(&third.scrape());
+    drop(third);
+    let named_snapshot = value(&named, "geoip_exporter_snapshot_duration_seconds");
+    let named_held = holder_named(&named);
 
     let processes = holders.processes();
     drop(holders);
@@ -321,6 +346,12 @@ fn main() {
                     "NOT all of them"
                 },
                 mib(second_rss)
+            ),
+        ),
+        (
+            "a third one with --labels service: its start-up snapshot, which also names each outbound connection's process from /proc".to_owned(),
+            format!(
+                "{named_snapshot:.3} s; test-host connections named after their holder process: {named_held:.0} of {HELD}"
             ),
         ),
         (

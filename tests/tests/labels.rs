@@ -3,7 +3,12 @@
 //! caps forced with more distinct values than the limit, and the database
 //! checks.
 
-use std::{collections::BTreeMap, net::TcpStream};
+use std::{
+    collections::BTreeMap,
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use bcrypt as _;
 use geoip_tests::{
@@ -11,6 +16,7 @@ use geoip_tests::{
     fixtures::{
         BR_V4, DE_V4, DE_V6, JP_V4, write_asn_labels_database, write_city_database, write_database,
     },
+    hold::first_line,
     netns::{HOST_V4, TestNet, host_listener, sock},
 };
 use geoip_user as _;
@@ -250,6 +256,65 @@ fn the_service_label_is_the_process_or_the_port_and_is_capped() {
             .values()
             .all(|v| *v == 0.0),
         "{closed:#?}"
+    );
+    assert_eq!(exporter.stop(libc::SIGTERM).code(), Some(0));
+}
+
+/// `--labels service`: an outbound connection made before the exporter
+/// started (so the kernel program saw no `connect()` of it) is named after
+/// the process holding it, found by the start-up snapshot; its close then
+/// takes it off that series.
+#[test]
+fn a_connection_made_before_start_is_named_after_its_process() {
+    let dir = temp_dir("service-before");
+    let db = dir.join("country.mmdb");
+    write_database(&db);
+    let net = TestNet::create("svcpre", &[DE_V4]);
+    let _server = net.serve(PORT);
+    let target = sock(DE_V4, PORT);
+    net.check_route(target.ip());
+    // bash holds the connection on descriptor 3 until its input closes
+    // (end of input, or a minute at most); `read` is a builtin, so no
+    // child shares it.
+    let mut holder = Command::new("bash")
+        .args([
+            "-c",
+            &format!("exec 3<>/dev/tcp/{DE_V4}/{PORT} && echo ready && read -r -t 60 _ || true"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start bash");
+    let ready = first_line(holder.stdout.take())
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_default();
+    assert_eq!(ready.trim(), "ready", "bash connected to {target}");
+    let exporter = Exporter::start(
+        &dir,
+        &[
+            "--geoip.database",
+            db.to_str().expect("utf-8"),
+            "--labels=service",
+        ],
+    );
+    let all =
+        exporter.wait_for(|s| s.get("geoip_exporter_connections_tracked").copied() >= Some(1.0));
+    let series = "{country=\"DE\",direction=\"outbound\",service=\"bash\"}";
+    assert_eq!(
+        family(&all, "geoip_connections"),
+        expect(&[(series.to_owned(), 1.0)])
+    );
+    drop(holder.stdin.take());
+    assert!(holder.wait().expect("bash exits").success());
+    let closed =
+        exporter.wait_for(|s| s.get("geoip_exporter_connections_tracked").copied() == Some(0.0));
+    assert_eq!(
+        family(&closed, "geoip_connections"),
+        expect(&[(series.to_owned(), 0.0)])
+    );
+    assert_eq!(
+        closed.get(&format!("geoip_connections_closed_total{series}")),
+        Some(&1.0)
     );
     assert_eq!(exporter.stop(libc::SIGTERM).code(), Some(0));
 }
