@@ -114,7 +114,7 @@ pub(crate) enum OpenError {
         checked: usize,
     },
     #[error(
-        "two {what} databases given, {} and {}; pass one of them to --geoip.database",
+        "two {what} databases given, {} and {}; pass one of them to --geoip.database (two of one kind only as an IPv4-only file and an IPv6 one)",
         first.display(),
         second.display()
     )]
@@ -280,6 +280,21 @@ impl Geo {
             v4: V4Ranges::new(&flat.v4.finish()),
             v6,
             info,
+        })
+    }
+
+    /// This IPv4-only database, with `reader` (at `path`) answering IPv6
+    /// addresses: ip-location-db ships some of its data as one file per
+    /// family.
+    pub(crate) fn with_ipv6(
+        self,
+        reader: &Reader<Vec<u8>>,
+        path: &Path,
+    ) -> Result<Self, OpenError> {
+        let ipv6 = Self::from_reader(reader, path)?;
+        Ok(Self {
+            v6: ipv6.v6,
+            ..self
         })
     }
 

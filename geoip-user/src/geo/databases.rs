@@ -12,10 +12,13 @@
 //! - With `--labels asn`, AS numbers come from the ASN database, else from
 //!   a country database whose records carry them (IPinfo lite).
 //!
-//! Two databases of one kind are refused (which would count?); a database
-//! that is used for nothing is only logged.
+//! Two databases of one kind are refused (which would count?), unless one
+//! is IPv4-only and the other an IPv6 database: ip-location-db ships its
+//! city and ASN data (and some of its country data) as one file per
+//! family, and the pair then answers as one database. A database that is
+//! used for nothing is only logged.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use maxminddb::Reader;
 
@@ -70,6 +73,32 @@ struct Opened {
     path: PathBuf,
     kind: Kind,
     reader: Reader<Vec<u8>>,
+    /// Beside this IPv4-only file, an IPv6 one of the same kind.
+    ipv6: Option<(PathBuf, Reader<Vec<u8>>)>,
+}
+
+impl Opened {
+    /// Take `reader` (at `path`), of this one's kind, as its other
+    /// family; `false` unless one of the two is IPv4-only and the other
+    /// an IPv6 database, and this one has no other family yet.
+    fn pair(&mut self, path: &Path, reader: Reader<Vec<u8>>) -> bool {
+        if self.ipv6.is_some() {
+            return false;
+        }
+        match (
+            self.reader.metadata().ip_version,
+            reader.metadata().ip_version,
+        ) {
+            (4, 6) => self.ipv6 = Some((path.to_owned(), reader)),
+            (6, 4) => {
+                let path = std::mem::replace(&mut self.path, path.to_owned());
+                let reader = std::mem::replace(&mut self.reader, reader);
+                self.ipv6 = Some((path, reader));
+            }
+            _ => return false,
+        }
+        true
+    }
 }
 
 impl Databases {
@@ -80,19 +109,29 @@ impl Databases {
         for path in paths {
             let reader = super::read(path)?;
             let kind = Kind::of(&reader.metadata().database_type);
-            if let Some(same) = opened.iter().find(|o| o.kind == kind) {
-                return Err(OpenError::Duplicate {
-                    what: kind.name(),
-                    first: same.path.clone(),
-                    second: path.clone(),
-                });
+            if let Some(same) = opened.iter_mut().find(|o| o.kind == kind) {
+                if !same.pair(path, reader) {
+                    return Err(OpenError::Duplicate {
+                        what: kind.name(),
+                        first: same.path.clone(),
+                        second: path.clone(),
+                    });
+                }
+                continue;
             }
             opened.push(Opened {
                 path: path.clone(),
                 kind,
                 reader,
+                ipv6: None,
             });
         }
+        // Where each one's files are, to read them again if one is used
+        // twice.
+        let sources: Vec<(PathBuf, Option<PathBuf>)> = opened
+            .iter()
+            .map(|o| (o.path.clone(), o.ipv6.as_ref().map(|(p, _)| p.clone())))
+            .collect();
         let position = |kind| opened.iter().position(|o| o.kind == kind);
         // Countries from the country database, else the city database;
         // with only ASN databases, the first one says why it is no use
@@ -107,7 +146,10 @@ impl Databases {
                 examples: "GeoLite2-Country, DB-IP Country lite",
             });
         };
-        let country = Geo::from_reader(&first.reader, &first.path)?;
+        let mut country = Geo::from_reader(&first.reader, &first.path)?;
+        if let Some((path, reader)) = &first.ipv6 {
+            country = country.with_ipv6(reader, path)?;
+        }
         let city = match (wants.city, position(Kind::City)) {
             (false, _) => None,
             (true, Some(i)) => Some(i),
@@ -145,30 +187,42 @@ impl Databases {
         }
         let mut opened: Vec<Option<Opened>> = opened.into_iter().map(Some).collect();
         let city = city
-            .map(|i| checked::<City>(&mut opened, paths, i))
+            .map(|i| checked::<City>(&mut opened, &sources, i))
             .transpose()?;
         let asn = asn
-            .map(|i| checked::<AsInfo>(&mut opened, paths, i))
+            .map(|i| checked::<AsInfo>(&mut opened, &sources, i))
             .transpose()?;
         Ok(Self { country, asn, city })
     }
 }
 
-/// The database `opened[i]` as one answering `T`, if its first networks
-/// do. Its reader is moved out; should the file be wanted a second time
-/// (a city database that also has AS numbers), it is read again.
+/// The database `opened[i]` (with its IPv6 file if it has one) as one
+/// answering `T`, if its first networks do. Its readers are moved out;
+/// should the files be wanted a second time (a city database that also
+/// has AS numbers), they are read again from `sources[i]`.
 fn checked<T: Decode>(
     opened: &mut [Option<Opened>],
-    paths: &[PathBuf],
+    sources: &[(PathBuf, Option<PathBuf>)],
     i: usize,
 ) -> Result<Records<T>, OpenError> {
-    let (path, reader) = if let Some(o) = opened.get_mut(i).and_then(Option::take) {
-        (o.path, o.reader)
+    let (path, reader, ipv6) = if let Some(o) = opened.get_mut(i).and_then(Option::take) {
+        (o.path, o.reader, o.ipv6)
     } else {
-        let path = paths.get(i).cloned().unwrap_or_default();
+        let (path, ipv6) = sources.get(i).cloned().unwrap_or_default();
         let reader = super::read(&path)?;
-        (path, reader)
+        let ipv6 = ipv6.map(|p| super::read(&p).map(|r| (p, r))).transpose()?;
+        (path, reader, ipv6)
     };
+    let records = answering::<T>(path, reader)?;
+    match ipv6 {
+        Some((path, reader)) => Ok(records.with_ipv6(answering::<T>(path, reader)?)),
+        None => Ok(records),
+    }
+}
+
+/// The database `reader` (at `path`) as one answering `T`, if its first
+/// networks do.
+fn answering<T: Decode>(path: PathBuf, reader: Reader<Vec<u8>>) -> Result<Records<T>, OpenError> {
     let info = DatabaseInfo::of(&reader, &path);
     let answers = Records::<T>::answers(&reader).map_err(|source| OpenError::Invalid {
         path: path.clone(),
@@ -186,7 +240,7 @@ fn checked<T: Decode>(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::{net::IpAddr, path::Path};
 
     use geoip_tests::mmdb::{Value, Writer};
 
@@ -316,6 +370,102 @@ mod tests {
         assert!(e.contains("has no AS number"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }
+
+    /// ip-location-db's one file per family: an IPv4-only file and an
+    /// IPv6 one of the same kind answer as one database, in either order;
+    /// a third file, or two of one family, is still refused.
+    #[test]
+    fn an_ipv4_file_and_an_ipv6_file_of_one_kind_answer_together() {
+        let d = dir("families");
+        let family = |name: &str, database_type: &str, ip_version: u16, net: &str, value: Value| {
+            let mut w = Writer::new(database_type, ip_version);
+            w.insert(net, value).unwrap();
+            let path = d.join(name);
+            w.write(&path).unwrap();
+            path
+        };
+        let city = |name: &str, code: &str| {
+            Value::map([
+                ("city", Value::str(name)),
+                ("country_code", Value::str(code)),
+                ("latitude", Value::Double(1.0)),
+                ("longitude", Value::Double(2.0)),
+            ])
+        };
+        let y4 = family(
+            "city-ipv4.mmdb",
+            "ip-location-db city",
+            4,
+            "192.0.2.0/24",
+            city("Berlin", "DE"),
+        );
+        let y6 = family(
+            "city-ipv6.mmdb",
+            "ip-location-db city",
+            6,
+            "2001:db8::/32",
+            city("Osaka", "JP"),
+        );
+        let a4 = family(
+            "asn-ipv4.mmdb",
+            "ip-location-db asn",
+            4,
+            "192.0.2.0/24",
+            asn(),
+        );
+        let a6 = family(
+            "asn-ipv6.mmdb",
+            "ip-location-db asn",
+            6,
+            "2001:db8::/32",
+            Value::map([
+                ("autonomous_system_number", Value::U32(64_501)),
+                ("autonomous_system_organization", Value::str("Six")),
+            ]),
+        );
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        for paths in [
+            [y4.clone(), a6.clone(), y6.clone(), a4.clone()],
+            [a4.clone(), y6.clone(), a6.clone(), y4.clone()],
+        ] {
+            let mut dbs = Databases::open(&paths, BOTH).unwrap();
+            assert_eq!(dbs.country.lookup(v4).unwrap().as_str(), "DE", "{paths:?}");
+            assert_eq!(dbs.country.lookup(v6).unwrap().as_str(), "JP", "{paths:?}");
+            let city = dbs.city.as_mut().unwrap();
+            assert_eq!(&*city.lookup(v4).unwrap().unwrap().name, "Berlin");
+            assert_eq!(&*city.lookup(v6).unwrap().unwrap().name, "Osaka");
+            let asn = dbs.asn.as_mut().unwrap();
+            assert_eq!(asn.lookup(v4).unwrap().unwrap().number, 64_500);
+            assert_eq!(asn.lookup(v6).unwrap().unwrap().number, 64_501);
+        }
+        // The IPv4 file alone: IPv6 has no answer (not an error).
+        let mut dbs = Databases::open(std::slice::from_ref(&y4), BOTH_CITY).unwrap();
+        assert_eq!(dbs.city.as_mut().unwrap().lookup(v6).unwrap(), None);
+        // A third file of the kind, or two of one family: refused.
+        let y4b = family(
+            "city-ipv4-b.mmdb",
+            "ip-location-db city",
+            4,
+            "198.51.100.0/24",
+            city("Paris", "FR"),
+        );
+        let refused =
+            |paths: &[PathBuf]| Databases::open(paths, BOTH_CITY).err().unwrap().to_string();
+        let e = refused(&[y4.clone(), y6.clone(), y4b.clone()]);
+        assert!(
+            e.contains("two city databases") && e.contains("city-ipv4-b.mmdb"),
+            "{e}"
+        );
+        let e = refused(&[y4.clone(), y4b]);
+        assert!(e.contains("an IPv4-only file and an IPv6 one"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    const BOTH_CITY: Wants = Wants {
+        asn: false,
+        city: true,
+    };
 
     #[test]
     fn a_country_database_with_as_numbers_serves_asn_too() {

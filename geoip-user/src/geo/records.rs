@@ -35,6 +35,10 @@ pub(crate) struct Records<T> {
     reader: Reader<Vec<u8>>,
     /// Answers by the offset of their record in the file.
     decoded: HashMap<usize, Option<T>>,
+    /// Beside an IPv4-only database, the IPv6 database of the same kind
+    /// (ip-location-db ships its city and ASN data as one file per
+    /// family): it answers the IPv6 addresses.
+    ipv6: Option<Box<Self>>,
 }
 
 impl<T: Decode> Records<T> {
@@ -54,6 +58,15 @@ impl<T: Decode> Records<T> {
             info,
             reader,
             decoded: HashMap::new(),
+            ipv6: None,
+        }
+    }
+
+    /// This IPv4-only database, with `ipv6` answering IPv6 addresses.
+    pub(crate) fn with_ipv6(self, ipv6: Self) -> Self {
+        Self {
+            ipv6: Some(Box::new(ipv6)),
+            ..self
         }
     }
 
@@ -64,8 +77,12 @@ impl<T: Decode> Records<T> {
     /// The answer for `addr`; `None` when the database has none.
     pub(crate) fn lookup(&mut self, addr: IpAddr) -> Result<Option<T>, LookupError> {
         if addr.is_ipv6() && self.info.ip_version == 4 {
-            // An IPv4-only database has no answer for IPv6 (not an error).
-            return Ok(None);
+            // An IPv4-only database has no answer for IPv6 (not an error);
+            // its IPv6 partner may.
+            return match &mut self.ipv6 {
+                Some(ipv6) => ipv6.lookup(addr),
+                None => Ok(None),
+            };
         }
         let damaged = || LookupError { addr };
         let result = self.reader.lookup(addr).map_err(|_| damaged())?;
