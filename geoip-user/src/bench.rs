@@ -341,3 +341,61 @@ pub fn lookups(database: &std::path::Path, addresses: usize) -> Result<LookupRep
         warm: compare(&geo, &reader, &warm, pool.len()),
     })
 }
+
+/// What the city lookup of `--labels city` costs per connection open, on
+/// a real database.
+#[derive(Debug)]
+pub struct CityLookups {
+    /// Opening the files (read whole into memory) and checking them.
+    pub open_seconds: f64,
+    /// Lookups of distinct random addresses (4 in 5 IPv4), and of a pool
+    /// of 10,000 looked up again and again: nanoseconds each.
+    pub cold_ns: f64,
+    pub warm_ns: f64,
+    /// The share of the cold lookups that found a city.
+    pub answered: f64,
+}
+
+/// Time the exporter's city lookups (the maxminddb reader and its cache
+/// of decoded records) on the city database of `paths` (one file, or an
+/// IPv4 and an IPv6 one).
+///
+/// # Errors
+/// The files cannot be opened as a city database.
+#[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+pub fn city_lookups(paths: &[std::path::PathBuf], addresses: usize) -> Result<CityLookups, String> {
+    let started = std::time::Instant::now();
+    let wants = crate::geo::Wants {
+        asn: false,
+        city: true,
+    };
+    let dbs = crate::geo::Databases::open(paths, wants).map_err(|e| e.to_string())?;
+    let mut city = dbs.city.ok_or("no city database")?;
+    let open_seconds = started.elapsed().as_secs_f64();
+    let mut rng = Xorshift(0x2545_f491_4f6c_dd1d);
+    let cold = random_addresses(&mut rng, addresses);
+    let pool = random_addresses(&mut rng, 10_000);
+    #[expect(clippy::cast_possible_truncation, reason = "an index below 10,000")]
+    let warm: Vec<std::net::IpAddr> = (0..addresses)
+        .map(|_| pool[(rng.next() % pool.len() as u64) as usize])
+        .collect();
+    let mut time = |addrs: &[std::net::IpAddr]| {
+        let t = std::time::Instant::now();
+        let found = addrs
+            .iter()
+            .filter(|a| matches!(city.lookup(**a), Ok(Some(_))))
+            .count();
+        (
+            t.elapsed().as_secs_f64() * 1e9 / addrs.len().max(1) as f64,
+            found,
+        )
+    };
+    let (cold_ns, found) = time(&cold);
+    let (warm_ns, _) = time(&warm);
+    Ok(CityLookups {
+        open_seconds,
+        cold_ns,
+        warm_ns,
+        answered: found as f64 / cold.len().max(1) as f64,
+    })
+}

