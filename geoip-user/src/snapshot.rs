@@ -195,7 +195,7 @@ pub(crate) struct Snapshot {
     /// ESTABLISHED connections and their direction ([`Pass::Connections`]).
     pub(crate) conns: Vec<(ConnKey, Direction)>,
     /// The process holding each outbound connection, when asked for
-    /// ([`Snapshotter::start`] with `owners`).
+    /// ([`Snapshotter::start`] with `owners`: at start-up).
     pub(crate) owners: HashMap<ConnKey, Comm>,
     /// ESTABLISHED connections and their byte counters ([`Pass::Bytes`]).
     pub(crate) bytes: Vec<(ConnKey, Counters)>,
@@ -228,9 +228,12 @@ pub(crate) struct Snapshotter {
 
 impl Snapshotter {
     /// Start the thread (call it while the process still has its
-    /// capabilities). With `owners`, a [`Pass::Connections`] snapshot also
-    /// finds the process holding each outbound connection (see
-    /// [`crate::owners`]).
+    /// capabilities). With `owners`, the first [`Pass::Connections`]
+    /// snapshot (start-up) also finds the process holding each outbound
+    /// connection (see [`crate::owners`]). Later ones (reconciles) do not:
+    /// the connections they add are only those whose events were lost, and
+    /// the search reads every open file of every process (about 1 s per
+    /// 200,000).
     pub(crate) fn start(exclude: &[Cidr], owners: bool) -> Result<Self, SnapshotError> {
         let filter = Filter::excluding(exclude);
         let (requests, incoming) = std::sync::mpsc::channel::<Request>();
@@ -256,11 +259,13 @@ impl Snapshotter {
                     Err(err) => tracing::warn!(error = %err, "cannot drop the snapshot thread's capabilities"),
                 }
                 let mut broken = false;
+                let mut owners = owners;
                 for (scope, pass, reply) in incoming {
                     let answer = if broken {
                         Err(SnapshotError::Stranded)
                     } else {
-                        let answer = take(scope, pass, &filter, owners);
+                        let first = pass == Pass::Connections && std::mem::take(&mut owners);
+                        let answer = take(scope, pass, &filter, first);
                         // Back home for the next one, whatever happened.
                         if let Err(err) = namespaces::enter_file(&home) {
                             tracing::error!(error = %err, "the snapshot thread cannot return to the exporter's network namespace; no more snapshots");
@@ -306,13 +311,13 @@ fn take(
         Scope::All => own.id,
         Scope::OwnUntagged => 0,
     };
-    snap.add(pass, &sockets(own_tag, pass, filter)?);
+    snap.add(pass, &sockets(own_tag, pass, filter)?, owners);
     snap.scanned.insert(own_tag);
     if scope == Scope::All {
         for ns in namespaces::all().into_iter().filter(|ns| ns.id != own.id) {
             match enter_and_dump(&ns, pass, filter) {
                 Ok(sockets) => {
-                    snap.add(pass, &sockets);
+                    snap.add(pass, &sockets, owners);
                     snap.scanned.insert(ns.id);
                 }
                 Err(err) => {
@@ -330,13 +335,14 @@ fn take(
 }
 
 impl Snapshot {
-    /// Add one namespace's `sockets`.
-    fn add(&mut self, pass: Pass, sockets: &[DiagSocket]) {
+    /// Add one namespace's `sockets` (keeping the inodes of outbound ones
+    /// for [`Self::find_owners`] with `owners`).
+    fn add(&mut self, pass: Pass, sockets: &[DiagSocket], owners: bool) {
         match pass {
             Pass::Connections => {
                 for (key, direction, inode) in classify(sockets) {
                     self.conns.push((key, direction));
-                    if direction == Direction::Outbound && inode != 0 {
+                    if owners && direction == Direction::Outbound && inode != 0 {
                         self.inodes.push((key, inode));
                     }
                 }
@@ -357,6 +363,7 @@ impl Snapshot {
 
     /// Name each outbound connection after the process holding it.
     fn find_owners(&mut self, proc: &Path) {
+        let started = Instant::now();
         let inodes = std::mem::take(&mut self.inodes);
         let wanted: HashSet<u32> = inodes.iter().map(|(_, inode)| *inode).collect();
         let names = owners::process_names(proc, &wanted);
@@ -364,6 +371,12 @@ impl Snapshot {
             .into_iter()
             .filter_map(|(key, inode)| Some((key, *names.get(&inode)?)))
             .collect();
+        tracing::info!(
+            outbound = wanted.len(),
+            named = names.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "outbound connections already open named after the processes holding them (/proc/PID/fd)"
+        );
     }
 }
 
@@ -800,6 +813,7 @@ mod tests {
         snap.add(
             Pass::Connections,
             &sockets(7, Pass::Connections, &Filter::default()).unwrap(),
+            true,
         );
         snap.find_owners(Path::new("/proc"));
         let key = |s: &TcpStream| {
@@ -1008,6 +1022,7 @@ mod tests {
         snap.add(
             Pass::Bytes,
             &sockets(7, Pass::Bytes, &Filter::default()).unwrap(),
+            false,
         );
         let port = |k: &ConnKey| k.local_port;
         assert!(
