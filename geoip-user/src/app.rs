@@ -172,7 +172,7 @@ pub(crate) fn start(args: &Args) -> Result<Started, AppError> {
     unsafe { libc::malloc_trim(0) };
     match caps::restrict_thread(0) {
         Ok(_) => tracing::info!(
-            "capabilities dropped (the snapshot thread keeps CAP_SYS_ADMIN and CAP_SYS_PTRACE to enter network namespaces)"
+            "capabilities dropped (the snapshot thread keeps CAP_SYS_ADMIN and CAP_SYS_PTRACE to enter network namespaces, and with --labels service CAP_DAC_READ_SEARCH until start-up has read /proc/PID/fd)"
         ),
         Err(err) => tracing::warn!(error = %err, "cannot drop capabilities"),
     }

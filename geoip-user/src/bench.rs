@@ -252,6 +252,23 @@ fn random_addresses(rng: &mut Xorshift, n: usize) -> Vec<std::net::IpAddr> {
         .collect()
 }
 
+/// `addresses` random addresses (from `seed`), all distinct in practice
+/// (cold); as many drawn from a pool of 10,000 (warm); and the pool's
+/// size.
+fn address_sets(
+    seed: u64,
+    addresses: usize,
+) -> (Vec<std::net::IpAddr>, Vec<std::net::IpAddr>, usize) {
+    let mut rng = Xorshift(seed);
+    let cold = random_addresses(&mut rng, addresses);
+    let pool = random_addresses(&mut rng, 10_000);
+    #[expect(clippy::cast_possible_truncation, reason = "an index below 10,000")]
+    let warm = (0..addresses)
+        .map(|_| pool[(rng.next() % pool.len() as u64) as usize])
+        .collect();
+    (cold, warm, pool.len())
+}
+
 #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
 fn compare(
     geo: &crate::geo::Geo,
@@ -327,18 +344,12 @@ pub fn lookups(database: &std::path::Path, addresses: usize) -> Result<LookupRep
     let geo = crate::geo::Geo::open(database).map_err(|e| e.to_string())?;
     let open_seconds = started.elapsed().as_secs_f64();
     let reader = maxminddb::Reader::open_readfile(database).map_err(|e| e.to_string())?;
-    let mut rng = Xorshift(0x9e37_79b9_7f4a_7c15);
-    let cold = random_addresses(&mut rng, addresses);
-    let pool = random_addresses(&mut rng, 10_000);
-    #[expect(clippy::cast_possible_truncation, reason = "an index below 10,000")]
-    let warm: Vec<std::net::IpAddr> = (0..addresses)
-        .map(|_| pool[(rng.next() % pool.len() as u64) as usize])
-        .collect();
+    let (cold, warm, pool) = address_sets(0x9e37_79b9_7f4a_7c15, addresses);
     Ok(LookupReport {
         open_seconds,
         ranges: geo.table_size(),
         cold: compare(&geo, &reader, &cold, addresses),
-        warm: compare(&geo, &reader, &warm, pool.len()),
+        warm: compare(&geo, &reader, &warm, pool),
     })
 }
 
@@ -372,13 +383,7 @@ pub fn city_lookups(paths: &[std::path::PathBuf], addresses: usize) -> Result<Ci
     let dbs = crate::geo::Databases::open(paths, wants).map_err(|e| e.to_string())?;
     let mut city = dbs.city.ok_or("no city database")?;
     let open_seconds = started.elapsed().as_secs_f64();
-    let mut rng = Xorshift(0x2545_f491_4f6c_dd1d);
-    let cold = random_addresses(&mut rng, addresses);
-    let pool = random_addresses(&mut rng, 10_000);
-    #[expect(clippy::cast_possible_truncation, reason = "an index below 10,000")]
-    let warm: Vec<std::net::IpAddr> = (0..addresses)
-        .map(|_| pool[(rng.next() % pool.len() as u64) as usize])
-        .collect();
+    let (cold, warm, _) = address_sets(0x2545_f491_4f6c_dd1d, addresses);
     let mut time = |addrs: &[std::net::IpAddr]| {
         let t = std::time::Instant::now();
         let found = addrs

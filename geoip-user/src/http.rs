@@ -244,6 +244,11 @@ fn parse_filter(query: Option<&str>, wanted: Wanted, with_country: bool) -> Resu
     };
     let mut filter = Filter::default();
     for (name, value) in params(query, known)? {
+        if value.is_empty() {
+            return Err(format!(
+                "{name} is empty; leave it out for all {name} values"
+            ));
+        }
         if name == "service" {
             if !wanted.service {
                 return Err(format!(
@@ -268,15 +273,19 @@ fn bad_request(msg: &str) -> Response {
     (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
 }
 
-/// Ask the table's task; `None` if it does not answer within 2 s.
+/// Ask the table's task; `None` if it does not take the question and
+/// answer within 2 s (its queue is short: a busy table turns callers
+/// away rather than piling them up).
 async fn ask<T>(state: &AppState, query: impl FnOnce(oneshot::Sender<T>) -> Query) -> Option<T> {
     let queries = state.queries.as_ref()?;
     let (reply, answer) = oneshot::channel();
-    queries.send(query(reply)).await.ok()?;
-    tokio::time::timeout(Duration::from_secs(2), answer)
+    let exchange = async {
+        queries.send(query(reply)).await.ok()?;
+        answer.await.ok()
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange)
         .await
         .ok()?
-        .ok()
 }
 
 fn no_answer() -> Response {
@@ -723,6 +732,9 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["countries"], serde_json::json!([]), "no such service now");
 
+        let (status, _, body) = get(app.clone(), "/api/v1/countries?service=").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("service is empty"), "{body}");
         let (status, _, body) = get(app, "/api/v1/countries?country=DE").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(body.contains("unknown parameter \"country\""), "{body}");
@@ -771,6 +783,7 @@ mod tests {
                 "country \"Germany\" is not a two-letter code",
             ),
             ("country=D1", "country \"D1\""),
+            ("country=", "country is empty; leave it out"),
             ("service=443", "start it with --labels service"),
             (
                 "asn=1",

@@ -10,12 +10,13 @@
 //! fork's children) is named after the lowest process id, usually the
 //! parent that made it.
 //!
-//! Reading another user's `/proc/PID/fd` needs `CAP_SYS_PTRACE`, which the
-//! snapshot thread keeps; processes of other PID namespaces than the
-//! exporter's are not visible, and their connections stay `unknown`. The
-//! kernel's cost is about 5 µs per open file of every process (each link
-//! read makes a procfs inode): about 1 s for 200,000, paid once, at
-//! start-up.
+//! Reading another user's `/proc/PID/fd` needs `CAP_DAC_READ_SEARCH` (to
+//! open the directory) and `CAP_SYS_PTRACE` (to read its links), which the
+//! snapshot thread keeps for this; processes of other PID namespaces than
+//! the exporter's are not visible, and their connections stay `unknown`.
+//! The kernel's cost is 5-12 µs per open file of every process (each file
+//! gets a procfs inode and dentry): 2.5 s for 200,000 on the benchmark VM,
+//! paid once, at start-up.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -27,10 +28,22 @@ use std::{
 
 use crate::events::Comm;
 
+/// What [`process_names`] found.
+#[derive(Debug, Default)]
+pub(crate) struct Found {
+    /// The name of the process holding each socket found, by inode.
+    pub(crate) names: HashMap<u32, Comm>,
+    /// Processes whose open files it was not allowed to read.
+    pub(crate) refused: usize,
+}
+
 /// The name of the process holding each socket of `inodes` that some
 /// process of `proc` (a procfs mount) holds.
-pub(crate) fn process_names(proc: &Path, inodes: &HashSet<u32>) -> HashMap<u32, Comm> {
-    let mut found = HashMap::with_capacity(inodes.len());
+pub(crate) fn process_names(proc: &Path, inodes: &HashSet<u32>) -> Found {
+    let mut found = Found {
+        names: HashMap::with_capacity(inodes.len()),
+        refused: 0,
+    };
     if inodes.is_empty() {
         return found;
     }
@@ -47,28 +60,32 @@ pub(crate) fn process_names(proc: &Path, inodes: &HashSet<u32>) -> HashMap<u32, 
     for pid in pids {
         let dir = proc.join(pid.to_string());
         // Gone meanwhile, or not ours to read: skipped.
-        let (Ok(fds), Ok(handle)) = (fs::read_dir(dir.join("fd")), File::open(dir.join("fd")))
-        else {
-            continue;
+        let (fds, handle) = match (fs::read_dir(dir.join("fd")), File::open(dir.join("fd"))) {
+            (Ok(fds), Ok(handle)) => (fds, handle),
+            (Err(err), _) | (_, Err(err)) => {
+                if err.kind() == std::io::ErrorKind::PermissionDenied {
+                    found.refused += 1;
+                }
+                continue;
+            }
         };
         let mut comm = None;
         for fd in fds.flatten() {
-            // Relative to the open directory: the kernel's own cost
-            // (about 5 µs a descriptor) dominates, not a path walk each.
+            // Relative to the open directory: no path walk per file.
             let Some(inode) = read_link_at(&handle, fd.file_name().as_bytes(), &mut target)
                 .and_then(socket_inode)
             else {
                 continue;
             };
-            if !inodes.contains(&inode) || found.contains_key(&inode) {
+            if !inodes.contains(&inode) || found.names.contains_key(&inode) {
                 continue;
             }
             let comm = *comm.get_or_insert_with(|| read_comm(&dir));
             if let Some(comm) = comm {
-                found.insert(inode, comm);
+                found.names.insert(inode, comm);
             }
         }
-        if found.len() == inodes.len() {
+        if found.names.len() == inodes.len() {
             break;
         }
     }
@@ -139,12 +156,18 @@ mod tests {
         let found = process_names(Path::new("/proc"), &wanted);
         let own = fs::read_to_string("/proc/self/comm").expect("own comm");
         assert_eq!(
-            found.get(&mine).and_then(Comm::name).as_deref(),
+            found.names.get(&mine).and_then(Comm::name).as_deref(),
             Some(own.trim_end())
         );
-        assert!(!found.contains_key(&nobody), "no process holds it");
-        assert!(process_names(Path::new("/proc"), &HashSet::new()).is_empty());
-        assert!(process_names(Path::new("/nonexistent"), &wanted).is_empty());
+        assert!(!found.names.contains_key(&nobody), "no process holds it");
+        assert_eq!(found.refused, 0, "tests run as root");
+        let none = process_names(Path::new("/proc"), &HashSet::new());
+        assert!(none.names.is_empty());
+        assert!(
+            process_names(Path::new("/nonexistent"), &wanted)
+                .names
+                .is_empty()
+        );
     }
 
     #[test]

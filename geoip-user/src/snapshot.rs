@@ -31,7 +31,7 @@ use bytemuck::{Pod, Zeroable};
 use geoip_common::{AF_INET, AF_INET6, IPPROTO_TCP, tcp_state};
 
 use crate::{
-    caps::{self, CAP_SYS_ADMIN, CAP_SYS_PTRACE},
+    caps::{self, CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN, CAP_SYS_PTRACE},
     events::{Comm, ConnKey, Counters, Direction},
     filter::{Cidr, canonical},
     namespaces::{self, NetNs},
@@ -230,10 +230,12 @@ impl Snapshotter {
     /// Start the thread (call it while the process still has its
     /// capabilities). With `owners`, the first [`Pass::Connections`]
     /// snapshot (start-up) also finds the process holding each outbound
-    /// connection (see [`crate::owners`]). Later ones (reconciles) do not:
-    /// the connections they add are only those whose events were lost, and
-    /// the search reads every open file of every process (about 1 s per
-    /// 200,000).
+    /// connection (see [`crate::owners`]); the thread keeps
+    /// `CAP_DAC_READ_SEARCH` until then, to open other users'
+    /// `/proc/PID/fd`. Later ones (reconciles) do not search: the
+    /// connections they add are only those whose events were lost, and the
+    /// search reads every open file of every process (2.5 s for 200,000
+    /// on the benchmark VM).
     pub(crate) fn start(exclude: &[Cidr], owners: bool) -> Result<Self, SnapshotError> {
         let filter = Filter::excluding(exclude);
         let (requests, incoming) = std::sync::mpsc::channel::<Request>();
@@ -248,7 +250,8 @@ impl Snapshotter {
                     libc::setpriority(libc::PRIO_PROCESS, libc::gettid().cast_unsigned(), SNAPSHOT_NICE);
                 }
                 let keep = caps::bit(CAP_SYS_ADMIN) | caps::bit(CAP_SYS_PTRACE);
-                match caps::restrict_thread(keep) {
+                let search = if owners { caps::bit(CAP_DAC_READ_SEARCH) } else { 0 };
+                match caps::restrict_thread(keep | search) {
                     Ok(sets) if sets.permitted & keep != keep => {
                         tracing::warn!(
                             missing = ?caps::names(keep & !sets.permitted),
@@ -266,6 +269,9 @@ impl Snapshotter {
                     } else {
                         let first = pass == Pass::Connections && std::mem::take(&mut owners);
                         let answer = take(scope, pass, &filter, first);
+                        if first && let Err(err) = caps::restrict_thread(keep) {
+                            tracing::warn!(error = %err, "cannot drop CAP_DAC_READ_SEARCH from the snapshot thread");
+                        }
                         // Back home for the next one, whatever happened.
                         if let Err(err) = namespaces::enter_file(&home) {
                             tracing::error!(error = %err, "the snapshot thread cannot return to the exporter's network namespace; no more snapshots");
@@ -366,17 +372,23 @@ impl Snapshot {
         let started = Instant::now();
         let inodes = std::mem::take(&mut self.inodes);
         let wanted: HashSet<u32> = inodes.iter().map(|(_, inode)| *inode).collect();
-        let names = owners::process_names(proc, &wanted);
+        let found = owners::process_names(proc, &wanted);
         self.owners = inodes
             .into_iter()
-            .filter_map(|(key, inode)| Some((key, *names.get(&inode)?)))
+            .filter_map(|(key, inode)| Some((key, *found.names.get(&inode)?)))
             .collect();
         tracing::info!(
             outbound = wanted.len(),
-            named = names.len(),
+            named = found.names.len(),
             seconds = started.elapsed().as_secs_f64(),
             "outbound connections already open named after the processes holding them (/proc/PID/fd)"
         );
+        if found.refused > 0 {
+            tracing::warn!(
+                processes = found.refused,
+                "open files of some processes could not be read (the snapshot thread needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH): their connections already open stay service=\"unknown\""
+            );
+        }
     }
 }
 

@@ -82,7 +82,6 @@ return {
   marker: window.__testMarker || null,
 };";
 
-/// Let the page's colour transitions (0.5 s) finish before a screenshot.
 /// Copy a screenshot to `docs/NAME` for the README, on request only
 /// (`GEOIP_UPDATE_SCREENSHOT`), so a test run leaves the work tree as it
 /// found it.
@@ -94,6 +93,7 @@ fn publish(screenshot: &Path, name: &str) {
     }
 }
 
+/// Let the page's colour transitions (0.5 s) finish before a screenshot.
 fn settle() {
     std::thread::sleep(Duration::from_millis(700));
 }
@@ -360,6 +360,24 @@ fn map_page_shows_live_connections_by_country() {
         page["rows"]["JP"]["order"], 0,
         "sorted by inbound: {page:#}"
     );
+    browser.click(".seg button[data-mode='both']");
+    let page = wait_map(&browser, &counts(&both));
+    assert_eq!(page["map"], counts(&both));
+
+    // A link with filters this exporter cannot apply (no --labels): the
+    // page drops them and shows everything rather than failing each poll.
+    browser.navigate(&format!(
+        "http://{}/#outbound&service=443&country=DE",
+        exporter.addr
+    ));
+    let dropped = browser.wait_for(
+        Duration::from_secs(10),
+        "return location.hash === '#outbound' || null",
+    );
+    assert_eq!(dropped, json!(true), "filters dropped from the URL");
+    let page = wait_map(&browser, &outbound);
+    assert_eq!(page["map"], outbound, "filters dropped: {page:#}");
+    assert_eq!(page["state"], "live", "{page:#}");
     browser.click(".seg button[data-mode='both']");
     let page = wait_map(&browser, &counts(&both));
     assert_eq!(page["map"], counts(&both));

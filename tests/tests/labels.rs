@@ -5,8 +5,9 @@
 
 use std::{
     collections::BTreeMap,
-    net::TcpStream,
-    process::{Command, Stdio},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
@@ -68,7 +69,7 @@ fn asn_and_city_families_are_exact_and_capped() {
     let _server = net.serve(PORT);
     // Before start-up: JP, found by the snapshot, first to get a slot.
     let jp = net.connect_to(sock(JP_V4, PORT));
-    let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_owned();
+    let path = |p: &Path| p.to_str().expect("utf-8").to_owned();
     let exporter = Exporter::start(
         &dir,
         &[
@@ -260,10 +261,51 @@ fn the_service_label_is_the_process_or_the_port_and_is_capped() {
     assert_eq!(exporter.stop(libc::SIGTERM).code(), Some(0));
 }
 
+/// A shell holding a connection to `target` on descriptor 3 until its
+/// input closes (or for a minute at most; `read` is a builtin, so no child
+/// shares the socket): `shell` run as `user` (`None`: as root).
+fn hold_connection(shell: &Path, user: Option<u32>, target: SocketAddr) -> Child {
+    let script = format!(
+        "exec 3<>/dev/tcp/{}/{} && echo ready && read -r -t 60 _ || true",
+        target.ip(),
+        target.port()
+    );
+    let mut command = match user {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                "--",
+            ])
+            .arg(shell);
+            c
+        }
+        None => Command::new(shell),
+    };
+    let mut holder = command
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", shell.display()));
+    let ready = first_line(holder.stdout.take())
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_default();
+    assert_eq!(
+        ready.trim(),
+        "ready",
+        "{} connected to {target}",
+        shell.display()
+    );
+    holder
+}
+
 /// `--labels service`: an outbound connection made before the exporter
 /// started (so the kernel program saw no `connect()` of it) is named after
-/// the process holding it, found by the start-up snapshot; its close then
-/// takes it off that series.
+/// the process holding it, found by the start-up snapshot, also when that
+/// process is another user's; its close then takes it off that series.
 #[test]
 fn a_connection_made_before_start_is_named_after_its_process() {
     let dir = temp_dir("service-before");
@@ -273,22 +315,15 @@ fn a_connection_made_before_start_is_named_after_its_process() {
     let _server = net.serve(PORT);
     let target = sock(DE_V4, PORT);
     net.check_route(target.ip());
-    // bash holds the connection on descriptor 3 until its input closes
-    // (end of input, or a minute at most); `read` is a builtin, so no
-    // child shares it.
-    let mut holder = Command::new("bash")
-        .args([
-            "-c",
-            &format!("exec 3<>/dev/tcp/{DE_V4}/{PORT} && echo ready && read -r -t 60 _ || true"),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start bash");
-    let ready = first_line(holder.stdout.take())
-        .recv_timeout(Duration::from_secs(10))
-        .unwrap_or_default();
-    assert_eq!(ready.trim(), "ready", "bash connected to {target}");
+    // One root's, one nobody's (a copy of bash under another name, so its
+    // process name tells them apart).
+    let bash = Path::new("/bin/bash");
+    let renamed = dir.join("svc-nobody");
+    std::fs::copy(bash, &renamed).expect("copy bash");
+    let mut holders = [
+        hold_connection(bash, None, target),
+        hold_connection(&renamed, Some(65_534), target),
+    ];
     let exporter = Exporter::start(
         &dir,
         &[
@@ -298,22 +333,27 @@ fn a_connection_made_before_start_is_named_after_its_process() {
         ],
     );
     let all =
-        exporter.wait_for(|s| s.get("geoip_exporter_connections_tracked").copied() >= Some(1.0));
-    let series = "{country=\"DE\",direction=\"outbound\",service=\"bash\"}";
+        exporter.wait_for(|s| s.get("geoip_exporter_connections_tracked").copied() >= Some(2.0));
+    let series =
+        |service: &str| format!("{{country=\"DE\",direction=\"outbound\",service=\"{service}\"}}");
     assert_eq!(
         family(&all, "geoip_connections"),
-        expect(&[(series.to_owned(), 1.0)])
+        expect(&[(series("bash"), 1.0), (series("svc-nobody"), 1.0)]),
+        "{}",
+        exporter.log()
     );
-    drop(holder.stdin.take());
-    assert!(holder.wait().expect("bash exits").success());
+    for holder in &mut holders {
+        drop(holder.stdin.take());
+        assert!(holder.wait().expect("the shell exits").success());
+    }
     let closed =
         exporter.wait_for(|s| s.get("geoip_exporter_connections_tracked").copied() == Some(0.0));
     assert_eq!(
         family(&closed, "geoip_connections"),
-        expect(&[(series.to_owned(), 0.0)])
+        expect(&[(series("bash"), 0.0), (series("svc-nobody"), 0.0)])
     );
     assert_eq!(
-        closed.get(&format!("geoip_connections_closed_total{series}")),
+        closed.get(&format!("geoip_connections_closed_total{}", series("bash"))),
         Some(&1.0)
     );
     assert_eq!(exporter.stop(libc::SIGTERM).code(), Some(0));

@@ -97,6 +97,14 @@ impl Opened {
             }
             _ => return false,
         }
+        if let Some((ipv6, _)) = &self.ipv6 {
+            tracing::info!(
+                kind = self.kind.name(),
+                ipv4 = %self.path.display(),
+                ipv6 = %ipv6.display(),
+                "two databases of one kind: IPv4 addresses from the IPv4-only one, IPv6 addresses from the other"
+            );
+        }
         true
     }
 }
