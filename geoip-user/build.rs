@@ -4,7 +4,7 @@
 //! shapes into `OUT_DIR/world.json` (`build/worldmap.rs`), which `page.rs`
 //! embeds.
 
-use std::path::Path;
+use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, anyhow};
 
@@ -12,6 +12,7 @@ use anyhow::{Context as _, anyhow};
 mod worldmap;
 
 fn main() -> anyhow::Result<()> {
+    stamp();
     let out_dir = std::env::var("OUT_DIR").context("OUT_DIR not set")?;
     worldmap::generate(Path::new(&out_dir))
         .context("generating the map's country shapes failed")?;
@@ -41,4 +42,42 @@ fn main() -> anyhow::Result<()> {
         aya_build::Toolchain::default(),
     )
     .context("building the kernel program geoip-ebpf failed; `cargo xtask setup` installs what it needs (nightly rust-src, bpf-linker)")
+}
+
+/// The commit and the build date the binary reports (`--version`,
+/// `geoip_exporter_build_info`), as `GEOIP_GIT_COMMIT` and
+/// `GEOIP_BUILD_DATE`: the source tree's git commit (`unknown` outside a
+/// checkout), and the UTC date of `SOURCE_DATE_EPOCH` (reproducible
+/// builds, e.g. Debian's), else of today.
+fn stamp() {
+    let run = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .map(|text| text.trim().to_owned())
+            .filter(|text| !text.is_empty())
+    };
+    let commit = run("git", &["rev-parse", "--short=12", "HEAD"]);
+    println!(
+        "cargo:rustc-env=GEOIP_GIT_COMMIT={}",
+        commit.as_deref().unwrap_or("unknown")
+    );
+    // Built again when HEAD moves (a commit, a checkout).
+    if let Some(git_dir) = run("git", &["rev-parse", "--absolute-git-dir"]) {
+        for path in ["HEAD", "refs/heads", "packed-refs"] {
+            println!("cargo:rerun-if-changed={git_dir}/{path}");
+        }
+    }
+    println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    let date = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(epoch) => run("date", &["-u", "-d", &format!("@{epoch}"), "+%Y-%m-%d"]),
+        Err(_) => run("date", &["-u", "+%Y-%m-%d"]),
+    };
+    println!(
+        "cargo:rustc-env=GEOIP_BUILD_DATE={}",
+        date.as_deref().unwrap_or("unknown")
+    );
 }

@@ -12,6 +12,33 @@ use geoip_common::DEFAULT_RING_BYTES;
 
 use crate::filter::{BUILTIN, Cidr};
 
+/// `VERSION (commit C, built YYYY-MM-DD)`, from the build script.
+macro_rules! version_line {
+    () => {
+        concat!(
+            env!("CARGO_PKG_VERSION"),
+            " (commit ",
+            env!("GEOIP_GIT_COMMIT"),
+            ", built ",
+            env!("GEOIP_BUILD_DATE"),
+            ")"
+        )
+    };
+}
+
+/// `-V`: the version, commit and build date.
+const VERSION: &str = version_line!();
+
+/// `--version`: [`VERSION`] and what the host must have to run it.
+const LONG_VERSION: &str = concat!(
+    version_line!(),
+    "\n",
+    "needs: Linux 5.8 or later with BTF (/sys/kernel/btf/vmlinux), BPF ring buffers, \
+     tracefs with the tracepoint sock/inet_sock_set_state; \
+     root, or CAP_BPF and CAP_PERFMON (and CAP_DAC_READ_SEARCH for tracefs as non-root)\n",
+    "check a host with: geoip-exporter --check"
+);
+
 /// Where GeoIP database updaters (`geoipupdate`) usually put a country database.
 pub(crate) const DEFAULT_DATABASE: &str = "/var/lib/GeoIP/GeoLite2-Country.mmdb";
 
@@ -23,7 +50,8 @@ pub(crate) const DEFAULT_DATABASE: &str = "/var/lib/GeoIP/GeoLite2-Country.mmdb"
 #[expect(clippy::struct_excessive_bools, reason = "command-line switches")]
 #[command(
     name = "geoip-exporter",
-    version,
+    version = VERSION,
+    long_version = LONG_VERSION,
     about = "Prometheus exporter of where in the world this machine's TCP connections come from and go to.",
     long_about = "Prometheus exporter of where in the world this machine's TCP connections come from and go to.\n\n\
         An eBPF program on the tracepoint sock/inet_sock_set_state reports every TCP connection that \
@@ -240,6 +268,30 @@ fn parse_positive_duration(value: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    /// `--version` tells the version, commit, build date and what the host
+    /// needs; `-V` the first line only.
+    #[test]
+    fn version_tells_the_build_and_what_the_host_needs() {
+        let long = Args::try_parse_from(["geoip-exporter", "--version"])
+            .unwrap_err()
+            .to_string();
+        let first = format!(
+            "geoip-exporter {} (commit {}, built {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("GEOIP_GIT_COMMIT"),
+            env!("GEOIP_BUILD_DATE")
+        );
+        assert_eq!(long.lines().next(), Some(first.as_str()), "{long}");
+        assert!(
+            long.contains("needs: Linux 5.8") && long.contains("CAP_BPF"),
+            "{long}"
+        );
+        let short = Args::try_parse_from(["geoip-exporter", "-V"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(short.trim_end(), first);
+    }
+
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Args, clap::Error> {

@@ -130,17 +130,21 @@ fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help)
 }
 
-/// `geoip_exporter_build_info{version} 1`.
+/// `geoip_exporter_build_info{version,revision,build_date} 1`.
 fn build_info() -> Result<IntGaugeVec, prometheus::Error> {
     let build_info = IntGaugeVec::new(
         opts(
             "geoip_exporter_build_info",
-            "A metric with a constant '1' value labeled by the exporter's version.",
+            "A metric with a constant '1' value labeled by the exporter's version, git commit and build date.",
         ),
-        &["version"],
+        &["version", "revision", "build_date"],
     )?;
     build_info
-        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .with_label_values(&[
+            env!("CARGO_PKG_VERSION"),
+            env!("GEOIP_GIT_COMMIT"),
+            env!("GEOIP_BUILD_DATE"),
+        ])
         .set(1);
     Ok(build_info)
 }
@@ -950,6 +954,30 @@ mod tests {
 
     fn de() -> Country {
         Country::from_code("DE")
+    }
+
+    /// The build's version, commit and date, as `--version` tells them.
+    #[test]
+    fn build_info_names_the_version_commit_and_date() {
+        let text = Metrics::new(true).unwrap().render().unwrap();
+        let line = format!(
+            "geoip_exporter_build_info{{build_date=\"{}\",revision=\"{}\",version=\"{}\"}} 1",
+            env!("GEOIP_BUILD_DATE"),
+            env!("GEOIP_GIT_COMMIT"),
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        let date = env!("GEOIP_BUILD_DATE").as_bytes();
+        assert!(
+            date.len() == 10 && date[4] == b'-' && date[7] == b'-',
+            "a UTC date: {}",
+            env!("GEOIP_BUILD_DATE")
+        );
+        assert_ne!(
+            env!("GEOIP_GIT_COMMIT"),
+            "unknown",
+            "built in a git checkout"
+        );
     }
 
     #[test]

@@ -19,6 +19,23 @@ pub fn bin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/geoip-exporter")
 }
 
+/// The commit and build date the binary under test reports: from the
+/// first line of its `--version`, `NAME VERSION (commit C, built D)`.
+pub fn build_stamp() -> (String, String) {
+    let out = Command::new(bin())
+        .arg("-V")
+        .output()
+        .unwrap_or_else(|e| panic!("{} -V: {e}", bin().display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let inner = text
+        .trim()
+        .strip_suffix(')')
+        .and_then(|t| t.split_once(" (commit "))
+        .and_then(|(_, rest)| rest.split_once(", built "))
+        .unwrap_or_else(|| panic!("unexpected -V output: {text:?}"));
+    (inner.0.to_owned(), inner.1.to_owned())
+}
+
 /// A fresh directory for one test's files.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("geoip-e2e-{name}-{}", std::process::id()));

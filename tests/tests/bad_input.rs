@@ -241,7 +241,11 @@ fn check_mode_attaches_reports_and_exits() {
     assert!(stdout.contains("# check passed: database"), "{stdout}");
     assert!(stdout.contains("kernel program attached"), "{stdout}");
     assert!(
-        stdout.contains("geoip_exporter_build_info{version="),
+        stdout
+            .lines()
+            .any(|l| l.starts_with("geoip_exporter_build_info{build_date=\"")
+                && l.contains(",revision=\"")
+                && l.contains(&format!(",version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")))),
         "{stdout}"
     );
 }

@@ -25,7 +25,7 @@ use std::{
 
 use bcrypt as _;
 use geoip_tests::{
-    exporter::{Exporter, promtool_check_metrics, temp_dir},
+    exporter::{Exporter, build_stamp, promtool_check_metrics, temp_dir},
     fixtures::{write_asn_labels_database, write_city_database, write_database},
     netns::{HOST_V4, HOST_V6, Server, TestNet, host_listener, sock},
     prometheus::{
@@ -480,21 +480,26 @@ fn dashboard_expectation(q: &PanelQuery, sel: &Selection, ledger: &Ledger, t: u6
         // Fewer than 10 networks: topk keeps them all.
         ("Busiest networks (ASN)", "A") => Expect::Exact(ledger.now(sel, &["asn", "as_org"])),
         ("Oldest database", "A") => Expect::scalar(u64_f64(t) - u64_f64(DATABASE_BUILT)),
-        ("Exporters", "A") => Expect::Exact(
-            sel.instances
-                .iter()
-                .map(|i| {
-                    (
-                        labels(&[
-                            ("instance", i),
-                            ("job", JOB),
-                            ("version", env!("CARGO_PKG_VERSION")),
-                        ]),
-                        1.0,
-                    )
-                })
-                .collect(),
-        ),
+        ("Exporters", "A") => {
+            let (revision, build_date) = build_stamp();
+            Expect::Exact(
+                sel.instances
+                    .iter()
+                    .map(|i| {
+                        (
+                            labels(&[
+                                ("instance", i),
+                                ("job", JOB),
+                                ("version", env!("CARGO_PKG_VERSION")),
+                                ("revision", &revision),
+                                ("build_date", &build_date),
+                            ]),
+                            1.0,
+                        )
+                    })
+                    .collect(),
+            )
+        }
         ("Kernel events per second", "A") => Expect::Rates {
             positive: [labels(&[("kind", "open")]), labels(&[("kind", "close")])].into(),
             zero: BTreeSet::new(),
