@@ -39,6 +39,23 @@ const LONG_VERSION: &str = concat!(
     "check a host with: geoip-exporter --check"
 );
 
+/// The completion script for `shell`, or the manual page, as asked for
+/// (`--completions`, `--man-page`); `None` when neither was.
+pub(crate) fn self_description(args: &Args) -> Option<std::io::Result<Vec<u8>>> {
+    use clap::CommandFactory as _;
+    let mut command = Args::command();
+    let mut out = Vec::new();
+    if let Some(shell) = args.completions {
+        clap_complete::generate(shell, &mut command, "geoip-exporter", &mut out);
+        return Some(Ok(out));
+    }
+    if args.man_page {
+        let man = clap_mangen::Man::new(command).section("8");
+        return Some(man.render(&mut out).map(|()| out));
+    }
+    None
+}
+
 /// Where GeoIP database updaters (`geoipupdate`) usually put a country database.
 pub(crate) const DEFAULT_DATABASE: &str = "/var/lib/GeoIP/GeoLite2-Country.mmdb";
 
@@ -146,6 +163,14 @@ pub(crate) struct Args {
     /// Check everything (database, listen address, privileges, kernel program, snapshot), print what would be exported, and exit without serving.
     #[arg(long = "check")]
     pub(crate) check: bool,
+
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell) on stdout and exit; e.g. geoip-exporter --completions bash > /etc/bash_completion.d/geoip-exporter
+    #[arg(long, value_name = "SHELL")]
+    pub(crate) completions: Option<clap_complete::Shell>,
+
+    /// Print the manual page (roff, section 8) on stdout and exit; e.g. geoip-exporter --man-page | man -l -
+    #[arg(long = "man-page")]
+    pub(crate) man_page: bool,
 
     /// Log level: error, warn, info or debug. Logs go to stderr.
     #[arg(long = "log.level", value_name = "LEVEL", default_value = "info")]
@@ -268,6 +293,39 @@ fn parse_positive_duration(value: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    /// `--completions SHELL` and `--man-page` print what packages install:
+    /// every flag is in both.
+    #[test]
+    fn completions_and_man_page_describe_every_flag() {
+        use clap::CommandFactory as _;
+        let flags: Vec<String> = Args::command()
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .collect();
+        assert!(flags.len() > 20, "{flags:?}");
+        let text = |argv: &[&str]| {
+            let args = Args::try_parse_from(argv).unwrap();
+            String::from_utf8(self_description(&args).unwrap().unwrap()).unwrap()
+        };
+        for shell in ["bash", "zsh", "fish"] {
+            let script = text(&["geoip-exporter", "--completions", shell]);
+            for flag in &flags {
+                let bare = flag.trim_start_matches('-');
+                assert!(script.contains(bare), "{shell}: {flag}");
+            }
+        }
+        let man = text(&["geoip-exporter", "--man-page"]);
+        assert!(man.contains(".TH geoip-exporter 8"), "{man}");
+        for flag in &flags {
+            // roff escapes each '-' as '\-'.
+            assert!(man.contains(&flag.replace('-', "\\-")), "man page: {flag}");
+        }
+        let none = Args::try_parse_from(["geoip-exporter"]).unwrap();
+        assert!(self_description(&none).is_none());
+        let err = Args::try_parse_from(["geoip-exporter", "--completions", "tcsh"]).unwrap_err();
+        assert!(err.to_string().contains("tcsh"), "{err}");
+    }
+
     /// `--version` tells the version, commit, build date and what the host
     /// needs; `-V` the first line only.
     #[test]

@@ -60,6 +60,17 @@ use clap::Parser as _;
 #[must_use]
 pub fn main() -> ExitCode {
     let args = cli::Args::parse();
+    if let Some(text) = cli::self_description(&args) {
+        use std::io::Write as _;
+        let written = text.and_then(|t| std::io::stdout().lock().write_all(&t));
+        return match written {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("geoip-exporter: error: cannot write to standard output: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_logging(args.log_level);
     // Privileged work first, on this thread alone; the runtime's threads
     // are made after the capabilities are dropped.
