@@ -67,8 +67,12 @@ fn stamp() {
     );
     // Built again when HEAD moves (a commit, a checkout).
     if let Some(git_dir) = run("git", &["rev-parse", "--absolute-git-dir"]) {
+        // (A path that does not exist would rerun this script every build.)
         for path in ["HEAD", "refs/heads", "packed-refs"] {
-            println!("cargo:rerun-if-changed={git_dir}/{path}");
+            let path = Path::new(&git_dir).join(path);
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
         }
     }
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
