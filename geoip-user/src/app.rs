@@ -27,10 +27,11 @@ use tokio::{
 
 use crate::{
     caps,
+    check::Found,
     cli::{Args, Label},
     events::{DecodeError, Event},
     filter::Exclusions,
-    geo::{DatabaseInfo, Databases, OpenError, Records, Wants},
+    geo::{Databases, OpenError, Records, Wants},
     http::{AppState, router, with_basic_auth},
     labels::{Caps, Labels},
     measures::Measures,
@@ -194,12 +195,13 @@ pub(crate) fn start(args: &Args) -> Result<Started, AppError> {
     })
 }
 
-/// Run the exporter until `shutdown` completes.
+/// Run the exporter until `shutdown` completes; with `--check`, only until
+/// the connections that exist are merged, returning what was found.
 pub(crate) async fn run(
     args: Args,
     started: Started,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), AppError> {
+) -> Result<Option<Found>, AppError> {
     let Started {
         databases,
         users,
@@ -280,10 +282,12 @@ pub(crate) async fn run(
     );
 
     if args.check {
-        print_check(&metrics, &db, tracked_at_start, startup.namespaces)?;
         drop(stop_tx);
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        return Ok(());
+        return Ok(Some(Found {
+            tracked: tracked_at_start,
+            namespaces: startup.namespaces,
+        }));
     }
 
     let reloader = tokio::spawn(
@@ -307,7 +311,7 @@ pub(crate) async fn run(
     reloader.abort();
     drop(stop_tx);
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    served.map_err(AppError::Serve)
+    served.map(|()| None).map_err(AppError::Serve)
 }
 
 /// The connection table on `databases`, and the metrics it updates (with
@@ -375,22 +379,6 @@ fn event_runtime(
     Ok((runtime, reader?))
 }
 
-/// `--check`: the metrics once, and a line saying what was checked.
-fn print_check(
-    metrics: &Metrics,
-    db: &DatabaseInfo,
-    tracked: usize,
-    namespaces: usize,
-) -> Result<(), AppError> {
-    print!("{}", metrics.render()?);
-    println!(
-        "# check passed: database {} ({}), kernel program attached, {tracked} connections tracked, network namespaces read: {namespaces}",
-        db.path.display(),
-        db.database_type,
-    );
-    Ok(())
-}
-
 /// What the kernel program reports beyond opens and closes.
 fn features(args: &Args) -> u32 {
     let mut features = 0;
@@ -407,7 +395,7 @@ fn features(args: &Args) -> u32 {
 }
 
 /// The databases `--labels` needs besides a country database.
-fn wants(args: &Args) -> Wants {
+pub(crate) fn wants(args: &Args) -> Wants {
     Wants {
         asn: args.labels.contains(&Label::Asn),
         city: args.labels.contains(&Label::City),

@@ -36,7 +36,7 @@ const LONG_VERSION: &str = concat!(
     "needs: Linux 5.8 or later with BTF (/sys/kernel/btf/vmlinux), BPF ring buffers, \
      tracefs with the tracepoint sock/inet_sock_set_state; \
      root, or CAP_BPF and CAP_PERFMON (and CAP_DAC_READ_SEARCH for tracefs as non-root)\n",
-    "check a host with: geoip-exporter --check"
+    "check a host with: geoip-exporter check"
 );
 
 /// The completion script for `shell`, or the manual page, as asked for
@@ -76,7 +76,8 @@ pub(crate) const DEFAULT_DATABASE: &str = "/var/lib/GeoIP/GeoLite2-Country.mmdb"
         MaxMind-format (mmdb) database and keeps geoip_connections{country,direction} exact. \
         Needs root, or CAP_BPF and CAP_PERFMON.\n\n\
         Exit codes: 0 after SIGINT/SIGTERM, 2 for bad flags or input files (database, CIDR, listen \
-        address), 1 for everything else (privileges, kernel, tracefs).",
+        address), 1 for everything else (privileges, kernel, tracefs). `geoip-exporter check` exits \
+        0 when this host can run the exporter with the flags given, 1 when it cannot, 2 for bad flags.",
     after_help = builtin_help()
 )]
 pub(crate) struct Args {
@@ -160,9 +161,13 @@ pub(crate) struct Args {
     #[arg(long = "reconcile.max-interval", value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
     pub(crate) reconcile_max_interval: Duration,
 
-    /// Check everything (database, listen address, privileges, kernel program, snapshot), print what would be exported, and exit without serving.
+    /// Check whether this host can run the exporter with these flags, and exit without serving: kernel version, BTF, tracepoint, capabilities, ring buffer, database, listen address, then the real start-up (load and attach the program, take the snapshot). One line per item, ok/warn/FAILED/skipped, with what to do. Given no other flag, checks the flags of the packaged service (/etc/default/geoip-exporter). The same as the command `check`.
     #[arg(long = "check")]
     pub(crate) check: bool,
+
+    /// check: the same as --check.
+    #[arg(value_name = "COMMAND", value_enum)]
+    pub(crate) command: Option<Command>,
 
     /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell) on stdout and exit; e.g. geoip-exporter --completions bash > /etc/bash_completion.d/geoip-exporter
     #[arg(long, value_name = "SHELL")]
@@ -175,6 +180,13 @@ pub(crate) struct Args {
     /// Log level: error, warn, info or debug. Logs go to stderr.
     #[arg(long = "log.level", value_name = "LEVEL", default_value = "info")]
     pub(crate) log_level: LogLevel,
+}
+
+/// A command instead of serving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Command {
+    /// Check whether this host can run the exporter with these flags (--check).
+    Check,
 }
 
 /// An opt-in label (`--labels`).
@@ -319,6 +331,17 @@ mod tests {
         for flag in &flags {
             // roff escapes each '-' as '\-'.
             assert!(man.contains(&flag.replace('-', "\\-")), "man page: {flag}");
+        }
+        // The command `check` too (completions offer it; the page lists it).
+        assert!(text(&["geoip-exporter", "--completions", "bash"]).contains("check"));
+        assert!(man.contains("check"), "man page: check");
+        // And the README's table of flags.
+        let readme = include_str!("../../README.md");
+        for flag in &flags {
+            assert!(
+                readme.contains(&format!("| `{flag}")),
+                "README.md Flags: {flag}"
+            );
         }
         let none = Args::try_parse_from(["geoip-exporter"]).unwrap();
         assert!(self_description(&none).is_none());

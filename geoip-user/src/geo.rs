@@ -80,7 +80,7 @@ impl fmt::Debug for Country {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum OpenError {
     #[error(
-        "cannot open GeoIP database {}: no such file; pass --geoip.database PATH or run `cargo xtask fetch-db`",
+        "cannot open GeoIP database {}: no such file; get one (DB-IP Lite or geoipupdate: /etc/default/geoip-exporter and the README's \"Get a database\" say how; `cargo xtask fetch-db` in a source tree) or pass --geoip.database PATH",
         path.display()
     )]
     NotFound { path: PathBuf },

@@ -31,6 +31,7 @@ pub mod bench;
 mod btf;
 mod cap;
 mod caps;
+mod check;
 mod cli;
 mod events;
 mod filter;
@@ -59,7 +60,7 @@ use clap::Parser as _;
 /// The whole program: flags, start-up, serving, exit code.
 #[must_use]
 pub fn main() -> ExitCode {
-    let args = cli::Args::parse();
+    let mut args = cli::Args::parse();
     if let Some(text) = cli::self_description(&args) {
         use std::io::Write as _;
         let written = text.and_then(|t| std::io::stdout().lock().write_all(&t));
@@ -70,6 +71,20 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if args.check || args.command.is_some() {
+        args.check = true;
+        let command_line: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let args = match check::flags(args, &command_line) {
+            Ok(args) => args,
+            Err(code) => return code,
+        };
+        // The check's lines are the report; the log says only what is wrong.
+        init_logging(match args.log_level {
+            cli::LogLevel::Debug => cli::LogLevel::Debug,
+            _ => cli::LogLevel::Warn,
+        });
+        return check::run(args);
     }
     init_logging(args.log_level);
     // Privileged work first, on this thread alone; the runtime's threads
@@ -93,7 +108,7 @@ pub fn main() -> ExitCode {
         }
     };
     match runtime.block_on(app::run(args, started, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::SUCCESS,
         Err(err) => {
             report(&err);
             ExitCode::from(err.exit_code())

@@ -226,26 +226,155 @@ fn without_tracefs_it_says_how_to_mount_it() {
     );
 }
 
+/// The items of `geoip-exporter check`, in order.
+const CHECK_ITEMS: [&str; 9] = [
+    "kernel",
+    "BTF",
+    "tracepoint",
+    "capabilities",
+    "ring buffer",
+    "database",
+    "listen address",
+    "kernel program",
+    "connections",
+];
+
+/// `(status, item, text)` of each item line of a check's stdout.
+fn check_lines(out: &Output) -> Vec<(String, String, String)> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let status = line.get(..8)?.trim_end();
+            let item = line.get(8..24)?.trim_end();
+            ["ok", "warn", "FAILED", "skipped"]
+                .contains(&status)
+                .then(|| (status.to_owned(), item.to_owned(), line[24..].to_owned()))
+        })
+        .collect()
+}
+
+/// The status of `item` in a check's lines.
+fn status_of<'a>(lines: &'a [(String, String, String)], item: &str) -> &'a str {
+    lines
+        .iter()
+        .find(|(_, i, _)| i == item)
+        .map_or_else(|| panic!("no {item} line in {lines:?}"), |(s, _, _)| s)
+}
+
 #[test]
-fn check_mode_attaches_reports_and_exits() {
+fn check_passes_item_by_item_on_this_host() {
     let dir = temp_dir("check");
     let db = good_db(&dir);
+    let db = db.to_str().expect("utf-8");
+    // The command and the flag are the same check.
+    for first in ["check", "--check"] {
+        let out = run_to_exit(&[first, "--geoip.database", db, &listen_arg()]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stdout}\nstderr:\n{}",
+            stderr(&out)
+        );
+        let lines = check_lines(&out);
+        let items: Vec<&str> = lines.iter().map(|(_, i, _)| i.as_str()).collect();
+        assert_eq!(items, CHECK_ITEMS, "{stdout}");
+        for (status, item, text) in &lines {
+            assert_eq!(status, "ok", "{item}: {text}");
+        }
+        let text =
+            |item: &str| &lines[CHECK_ITEMS.iter().position(|i| *i == item).expect("item")].2;
+        assert!(
+            text("database").starts_with(&format!("{db}: type ")),
+            "{stdout}"
+        );
+        assert!(text("ring buffer").contains("4194304-byte"), "{stdout}");
+        assert!(
+            text("connections").contains("established connection(s)"),
+            "{stdout}"
+        );
+        assert!(stdout.starts_with("flags: as given\n"), "{stdout}");
+        assert!(
+            stdout.ends_with(
+                "check passed: this host can run geoip-exporter with these flags (0 warning(s))\n"
+            ),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn check_lists_every_failure_with_what_to_do_and_exits_1() {
+    let dir = temp_dir("check-fails");
+    let missing = dir.join("missing.mmdb");
+    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy_addr = busy.local_addr().expect("addr").to_string();
     let out = run_to_exit(&[
-        "--check",
+        "check",
+        "--geoip.database",
+        missing.to_str().expect("utf-8"),
+        "--web.listen-address",
+        &busy_addr,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let lines = check_lines(&out);
+    for (item, want) in [
+        ("kernel", "ok"),
+        ("capabilities", "ok"),
+        ("database", "FAILED"),
+        ("listen address", "FAILED"),
+        ("kernel program", "skipped"),
+        ("connections", "skipped"),
+    ] {
+        assert_eq!(status_of(&lines, item), want, "{item}:\n{stdout}");
+    }
+    for needle in [
+        missing.to_str().expect("utf-8"),
+        "no such file",
+        "/etc/default/geoip-exporter",
+        "Get a database",
+        &format!("{busy_addr} is in use"),
+        "pass another --web.listen-address",
+        "check failed: 2 item(s) failed",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "stdout lacks {needle:?}:\n{stdout}"
+        );
+    }
+
+    // Not root, no capabilities: the privilege items fail, with the
+    // remedy, and the ring buffer is not tried.
+    let (exe, db) = world_readable("check-unprivileged");
+    let out = run_command_to_exit(setpriv(65_534, &[]).arg(&exe).args([
+        "check",
         "--geoip.database",
         db.to_str().expect("utf-8"),
         &listen_arg(),
-    ]);
+    ]));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(&out));
-    assert!(stdout.contains("# check passed: database"), "{stdout}");
-    assert!(stdout.contains("kernel program attached"), "{stdout}");
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l.starts_with("geoip_exporter_build_info{build_date=\"")
-                && l.contains(",revision=\"")
-                && l.contains(&format!(",version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")))),
-        "{stdout}"
-    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let lines = check_lines(&out);
+    for (item, want) in [
+        ("database", "ok"),
+        ("tracepoint", "FAILED"),
+        ("capabilities", "FAILED"),
+        ("namespaces", "warn"),
+        ("ring buffer", "skipped"),
+        ("kernel program", "skipped"),
+    ] {
+        assert_eq!(status_of(&lines, item), want, "{item}:\n{stdout}");
+    }
+    for needle in [
+        "missing CAP_BPF and CAP_PERFMON",
+        "CAP_DAC_READ_SEARCH",
+        "run as root",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "stdout lacks {needle:?}:\n{stdout}"
+        );
+    }
+    drop(busy);
 }

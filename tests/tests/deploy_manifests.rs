@@ -345,7 +345,10 @@ fn check_args(cmd: &mut Command, exe: &Path, db: &Path) {
 }
 
 fn passed_check(out: &Output) -> bool {
-    out.status.success() && String::from_utf8_lossy(&out.stdout).contains("# check passed")
+    out.status.success()
+        && String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("check passed: "))
 }
 
 /// `CAP_BPF` -> `bpf`, as setpriv spells it.
