@@ -9,7 +9,9 @@
 //!   Debian packages, tracefs/bpffs/BTF) and `ensure_path`.
 //! - `build`: `cargo build -p geoip-user` after the toolchain checks.
 //! - `run`: build, then exec the exporter (under sudo when needed).
-//! - `test`: unit tests, then the end-to-end tests against the real kernel.
+//! - `test`: unit tests, then the end-to-end tests against the real kernel
+//!   (the install test among them, on the package `package` builds).
+//! - `package`: the Debian package (cargo-deb).
 //! - `bench`: the load benchmark (`tests/benches/load.rs`).
 //! - `soak`: a bounded churn run (`tests/benches/soak.rs`).
 //! - `fuzz`: every fuzz target in `fuzz/` for a bounded time.
@@ -22,6 +24,7 @@ mod cmd;
 mod fetch_db;
 mod fuzz;
 mod mmdb_check;
+mod package;
 mod run;
 mod setup;
 mod test;
@@ -53,6 +56,8 @@ enum Command {
     Run(run::Options),
     /// Run the unit tests, then the end-to-end tests (root).
     Test(test::Options),
+    /// Build the Debian package (target/debian/geoip-exporter_VERSION-1_ARCH.deb) with cargo-deb.
+    Package,
     /// Download a free IP-to-country database (mmdb) into data/.
     FetchDb(fetch_db::Options),
     /// Load benchmark against the real kernel (root): churn and memory.
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
         Command::Build(options) => build::run(&options).map(|_| ()),
         Command::Run(options) => run::run(options),
         Command::Test(options) => test::run(&options),
+        Command::Package => package::run().map(|_| ()),
         Command::FetchDb(options) => fetch_db::run(&options),
         Command::Bench => bench::run(),
         Command::Soak { seconds } => bench::soak(seconds),

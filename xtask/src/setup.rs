@@ -6,6 +6,7 @@
 //! reported, making setup fail) when run as another user.
 
 mod bpf_linker;
+mod cargo_deb;
 mod kernel;
 mod packages;
 mod python;
@@ -17,9 +18,12 @@ use anyhow::{Context, Result, bail};
 
 /// Which parts of setup to run.
 #[derive(Clone, Copy, Debug)]
+#[expect(clippy::struct_excessive_bools, reason = "independent switches")]
 pub(crate) struct Parts {
     /// Nightly toolchain, `rust-src`, bpf-linker: what building needs.
     pub(crate) toolchain: bool,
+    /// cargo-deb: what `cargo xtask package` needs.
+    pub(crate) packaging: bool,
     /// Debian packages the tests need.
     pub(crate) packages: bool,
     /// tracefs, bpffs, BTF: what loading the eBPF program needs.
@@ -29,16 +33,26 @@ pub(crate) struct Parts {
 impl Parts {
     pub(crate) const ALL: Self = Self {
         toolchain: true,
+        packaging: true,
         packages: true,
         kernel: true,
     };
     pub(crate) const TOOLCHAIN: Self = Self {
         toolchain: true,
+        packaging: false,
+        packages: false,
+        kernel: false,
+    };
+    /// What `cargo xtask package` needs.
+    pub(crate) const PACKAGING: Self = Self {
+        toolchain: true,
+        packaging: true,
         packages: false,
         kernel: false,
     };
     pub(crate) const KERNEL: Self = Self {
         toolchain: false,
+        packaging: false,
         packages: false,
         kernel: true,
     };
@@ -74,6 +88,9 @@ pub(crate) fn run(parts: Parts) -> Result<()> {
         toolchain::nightly()?;
         toolchain::rust_src()?;
         bpf_linker::ensure()?;
+    }
+    if parts.packaging {
+        cargo_deb::ensure()?;
     }
     if parts.packages {
         packages::ensure(root, &mut report)?;

@@ -72,6 +72,11 @@ const PACKAGES: &[DebPackage] = &[
         why: "`systemd-analyze verify` and `security` on the unit (not as PID 1)",
     },
     DebPackage {
+        name: "dpkg-dev",
+        unless_on_path: Some("dpkg-shlibdeps"),
+        why: "cargo-deb works out the package's dependencies with dpkg-shlibdeps",
+    },
+    DebPackage {
         name: "nodejs",
         unless_on_path: Some("npm"),
         why: "the npm client that `cargo xtask fetch-db` uses",
