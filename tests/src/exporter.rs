@@ -154,10 +154,21 @@ impl Exporter {
     pub fn start_command(dir: &Path, mut cmd: Command, ready: impl Fn(SocketAddr) -> bool) -> Self {
         let port = free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let log = dir.join(format!("exporter-{port}.log"));
+        cmd.arg(format!("--web.listen-address={addr}"));
+        Self::start_listening_at(dir, cmd, addr, ready)
+    }
+
+    /// Start `cmd` as it is, which makes the exporter listen at `addr`, and
+    /// wait until `ready`.
+    pub fn start_listening_at(
+        dir: &Path,
+        mut cmd: Command,
+        addr: SocketAddr,
+        ready: impl Fn(SocketAddr) -> bool,
+    ) -> Self {
+        let log = dir.join(format!("exporter-{}.log", addr.port()));
         let log_file = fs::File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
         let child = cmd
-            .arg(format!("--web.listen-address={addr}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)

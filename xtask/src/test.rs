@@ -1,12 +1,13 @@
-//! `cargo xtask test`: setup, build, the unit tests, then the end-to-end
-//! tests against the real kernel (root), ending with a one-line summary.
+//! `cargo xtask test`: setup, build, the unit tests, the Debian package,
+//! then the end-to-end tests against the real kernel (root), among them
+//! the install test of that package; it ends with a one-line summary.
 
 use std::{ffi::OsString, fmt, process::Command};
 
 use anyhow::{Result, bail};
 use clap::Args;
 
-use crate::{build, cmd, setup};
+use crate::{build, cmd, package, setup};
 
 #[derive(Debug, Args)]
 pub(crate) struct Options {
@@ -51,6 +52,7 @@ fn run_steps(options: &Options, unit: bool, e2e: bool, summary: &mut Summary) ->
         summary.plan("unit tests");
     }
     if e2e {
+        summary.plan("package");
         summary.plan("e2e tests");
     }
 
@@ -79,11 +81,14 @@ fn run_steps(options: &Options, unit: bool, e2e: bool, summary: &mut Summary) ->
         summary.record("unit tests", cmd::run(&mut cargo))?;
     }
     if let Some(binary) = binary {
+        eprintln!("==> the Debian package (for the install test)");
+        let deb = summary.record("package", package::of_binary(&binary))?;
         eprintln!("==> end-to-end tests");
         let result = cmd::run(
             Command::new("cargo")
                 .current_dir(workspace)
                 .env("GEOIP_EXPORTER_BIN", &binary)
+                .env("GEOIP_DEB", &deb)
                 .args([
                     "test",
                     "--release",
@@ -161,7 +166,7 @@ mod tests {
     #[test]
     fn summary_names_the_failed_step_and_what_did_not_run() {
         let mut summary = Summary::default();
-        for name in ["setup", "build", "unit tests", "e2e tests"] {
+        for name in ["setup", "build", "unit tests", "package", "e2e tests"] {
             summary.plan(name);
         }
         summary.record("setup", Ok(())).expect("passed");
@@ -170,7 +175,7 @@ mod tests {
             .expect_err("failed");
         assert_eq!(
             summary.to_string(),
-            "test summary: FAILED: setup ok, build FAILED, unit tests not run, e2e tests not run"
+            "test summary: FAILED: setup ok, build FAILED, unit tests not run, package not run, e2e tests not run"
         );
     }
 }
