@@ -13,7 +13,7 @@ use std::{
     ffi::{CStr, OsString},
     fmt::{Display, Write as _},
     io,
-    os::fd::{FromRawFd as _, OwnedFd},
+    os::fd::{FromRawFd as _, OwnedFd, RawFd},
     process::ExitCode,
 };
 
@@ -84,19 +84,22 @@ impl Report {
 }
 
 /// The flags to check: those given, or with none at all, the service's
-/// ([`SERVICE_DEFAULTS`]) when that file exists. `Err` is the exit code
-/// after a message (2: the file's flags are bad).
-pub(crate) fn flags(given: Args, argv: &[OsString]) -> Result<Args, ExitCode> {
+/// ([`SERVICE_DEFAULTS`]) when that file exists; and whether they are the
+/// service's. `Err` is the exit code after a message (2: the file's flags
+/// are bad).
+pub(crate) fn flags(given: Args, argv: &[OsString]) -> Result<(Args, bool), ExitCode> {
     let bare = argv.len() == 2 && (argv[1] == "check" || argv[1] == "--check");
     if !bare {
-        println!("flags: as given");
-        return Ok(given);
+        println!(
+            "flags: as given ({SERVICE_DEFAULTS}, the service's, is read only when check has no other flag)"
+        );
+        return Ok((given, false));
     }
     let text = match std::fs::read_to_string(SERVICE_DEFAULTS) {
         Ok(text) => text,
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
             println!("flags: the defaults ({SERVICE_DEFAULTS} does not exist)");
-            return Ok(given);
+            return Ok((given, false));
         }
         Err(err) => {
             eprintln!(
@@ -118,11 +121,13 @@ pub(crate) fn flags(given: Args, argv: &[OsString]) -> Result<Args, ExitCode> {
         .into_iter()
         .map(str::to_owned)
         .chain(words);
-    Args::try_parse_from(argv).map_err(|err| {
-        eprintln!("geoip-exporter: error: the flags in {SERVICE_DEFAULTS} are not valid:");
-        let _ = err.print();
-        ExitCode::from(2)
-    })
+    Args::try_parse_from(argv)
+        .map(|args| (args, true))
+        .map_err(|err| {
+            eprintln!("geoip-exporter: error: the flags in {SERVICE_DEFAULTS} are not valid:");
+            let _ = err.print();
+            ExitCode::from(2)
+        })
 }
 
 /// The words of the last `GEOIP_EXPORTER_ARGS=` assignment in an
@@ -155,8 +160,9 @@ fn service_words(text: &str) -> Vec<String> {
 }
 
 /// Check everything, print a line per item, and exit 0 when nothing
-/// failed, 1 otherwise.
-pub(crate) fn run(args: Args) -> ExitCode {
+/// failed, 1 otherwise. With `service`, the flags are the service's, and
+/// what its unit's sandbox would refuse them is said too.
+pub(crate) fn run(args: Args, service: bool) -> ExitCode {
     let mut report = Report::default();
     report.result("kernel", kernel());
     report.result("BTF", btf(args.bytes));
@@ -196,6 +202,11 @@ pub(crate) fn run(args: Args) -> ExitCode {
         );
     }
     report.result("listen address", listen(&args));
+    if service {
+        for problem in sandbox_problems(&args) {
+            report.line(Status::Warn, "service", problem);
+        }
+    }
     if report.failed == 0 {
         start(args, &mut report);
     } else {
@@ -352,9 +363,17 @@ fn tracepoint() -> Result<(Status, String), String> {
 
 /// The capabilities loading needs.
 fn capabilities() -> Result<(Status, String), String> {
-    let sets = caps::current().map_err(|err| {
-        format!("cannot read this process's capabilities ({err}); the kernel program item below still tells")
-    })?;
+    let sets = match caps::current() {
+        Ok(sets) => sets,
+        Err(err) => {
+            return Ok((
+                Status::Warn,
+                format!(
+                    "cannot read this process's capabilities ({err}); the kernel program item below tells"
+                ),
+            ));
+        }
+    };
     let has = |cap: u32| sets.effective & caps::bit(cap) != 0;
     let relevant = caps::bit(CAP_BPF)
         | caps::bit(CAP_PERFMON)
@@ -432,6 +451,13 @@ fn ring_buffer(bytes: u32) -> Result<(Status, String), String> {
             Some(libc::EINVAL) => format!(
                 "this kernel refused a BPF ring buffer of {bytes} bytes ({err}): ring buffers need Linux 5.8 or later"
             ),
+            Some(libc::EPERM)
+                if kernel_release().ok().and_then(|r| parse_release(&r)) < Some((5, 11)) =>
+            {
+                format!(
+                    "not permitted to create a {bytes}-byte BPF map ({err}): before Linux 5.11 BPF maps count against the locked-memory limit; raise it (ulimit -l, LimitMEMLOCK= as the packaged unit does) or pass a smaller --ringbuf.size-bytes"
+                )
+            }
             Some(libc::EPERM) => format!(
                 "not permitted to create a BPF map ({err}): see the capabilities; inside a container, the host must allow bpf(2)"
             ),
@@ -442,8 +468,10 @@ fn ring_buffer(bytes: u32) -> Result<(Status, String), String> {
         };
         return Err(what);
     }
-    // SAFETY: a new descriptor that nothing else owns; dropping closes it.
-    drop(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).unwrap_or(-1)) });
+    if let Ok(fd) = RawFd::try_from(fd) {
+        // SAFETY: a new descriptor that nothing else owns; dropping closes it.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
     Ok((
         Status::Ok,
         format!("a {bytes}-byte BPF ring buffer was created (and freed)"),
@@ -495,6 +523,40 @@ fn date(epoch: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
+/// What the packaged unit's sandbox would refuse these flags: files it
+/// hides, a port it may not bind.
+fn sandbox_problems(args: &Args) -> Vec<String> {
+    let mut problems = Vec::new();
+    let visible = ["/var/lib/geoip-exporter", "/var/lib/GeoIP"];
+    let hidden = [
+        "/var/lib",
+        "/home",
+        "/root",
+        "/run/user",
+        "/tmp",
+        "/var/tmp",
+    ];
+    let files = args.database.iter().chain(&args.web_config);
+    for path in files {
+        if hidden.iter().any(|h| path.starts_with(h))
+            && !visible.iter().any(|v| path.starts_with(v))
+        {
+            problems.push(format!(
+                "{} is hidden from the service by its unit (it sees {} of /var/lib, no home or temporary directories): move it there, or add a BindReadOnlyPaths= for it in a drop-in (systemctl edit geoip-exporter)",
+                path.display(),
+                visible.join(" and ")
+            ));
+        }
+    }
+    let port = args.listen_address.port();
+    if port != 0 && port < 1024 {
+        problems.push(format!(
+            "port {port} is privileged and the unit does not grant CAP_NET_BIND_SERVICE: add it (to CapabilityBoundingSet= and AmbientCapabilities=) in a drop-in, or listen on a port of 1024 or more"
+        ));
+    }
+    problems
+}
+
 fn listen(args: &Args) -> Result<(Status, String), String> {
     let addr = args.listen_address;
     std::net::TcpListener::bind(addr)
@@ -521,6 +583,38 @@ mod tests {
         assert_eq!(parse_release("4.19"), Some((4, 19)));
         assert_eq!(parse_release("weird"), None);
         assert!((5, 10) >= MIN_KERNEL && (4, 19) < MIN_KERNEL && (6, 1) >= MIN_KERNEL);
+    }
+
+    #[test]
+    fn what_the_unit_would_refuse() {
+        let args = |extra: &[&str]| {
+            Args::try_parse_from(["geoip-exporter", "--check"].iter().chain(extra)).expect("flags")
+        };
+        let fine = args(&[
+            "--geoip.database",
+            "/var/lib/geoip-exporter/country.mmdb",
+            "--geoip.database",
+            "/var/lib/GeoIP/GeoLite2-ASN.mmdb",
+            "--labels",
+            "asn",
+            "--web.listen-address",
+            ":9300",
+        ]);
+        assert!(sandbox_problems(&fine).is_empty());
+        let problems = sandbox_problems(&args(&[
+            "--geoip.database",
+            "/var/lib/other/country.mmdb",
+            "--web.config.file",
+            "/root/web.yml",
+            "--web.listen-address",
+            ":443",
+        ]));
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("/var/lib/other/country.mmdb is hidden"));
+        assert!(problems[1].starts_with("/root/web.yml is hidden"));
+        assert!(problems[2].contains("CAP_NET_BIND_SERVICE"));
+        // Elsewhere (e.g. /srv, /opt) the unit's read-only system shows it.
+        assert!(sandbox_problems(&args(&["--geoip.database", "/srv/geo/country.mmdb"])).is_empty());
     }
 
     #[test]

@@ -75,8 +75,8 @@ pub fn main() -> ExitCode {
     if args.check || args.command.is_some() {
         args.check = true;
         let command_line: Vec<std::ffi::OsString> = std::env::args_os().collect();
-        let args = match check::flags(args, &command_line) {
-            Ok(args) => args,
+        let (args, service) = match check::flags(args, &command_line) {
+            Ok(flags) => flags,
             Err(code) => return code,
         };
         // The check's lines are the report; the log says only what is wrong.
@@ -84,7 +84,7 @@ pub fn main() -> ExitCode {
             cli::LogLevel::Debug => cli::LogLevel::Debug,
             _ => cli::LogLevel::Warn,
         });
-        return check::run(args);
+        return check::run(args, service);
     }
     init_logging(args.log_level);
     // Privileged work first, on this thread alone; the runtime's threads

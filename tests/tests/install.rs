@@ -1,12 +1,12 @@
-//! The Debian package as an operator meets it: installed into this machine
-//! with `dpkg -i`, checked with the installed `geoip-exporter check`, run
-//! the way the installed unit runs it (its `ExecStart=`, its flags from the
-//! installed `/etc/default/geoip-exporter`, as a non-root user with exactly
-//! its `AmbientCapabilities=`) on a generated database at the path those
-//! flags name, counting real connections exactly; then purged, leaving
-//! nothing behind. systemd is not PID 1 on these machines, so the unit is
-//! verified with `systemd-analyze verify` and its settings are applied by
-//! hand.
+//! The Debian package as an operator meets it: passed by lintian (errors
+//! and warnings), installed into this machine with `dpkg -i`, checked with
+//! the installed `geoip-exporter check`, run the way the installed unit
+//! runs it (its `ExecStart=`, its flags from the installed
+//! `/etc/default/geoip-exporter`, as a non-root user with exactly its
+//! `AmbientCapabilities=`) on a generated database at the path those flags
+//! name, counting real connections exactly; then purged, leaving nothing
+//! behind. systemd is not PID 1 on these machines, so the unit is verified
+//! with `systemd-analyze verify` and its settings are applied by hand.
 //!
 //! `cargo xtask test` builds the package and passes its path in
 //! `GEOIP_DEB`.
@@ -169,6 +169,7 @@ fn assert_installed_files() {
         "/usr/share/zsh/vendor-completions/_geoip-exporter",
         "/usr/share/fish/vendor_completions.d/geoip-exporter.fish",
         "/usr/share/doc/geoip-exporter/copyright",
+        "/usr/share/doc/geoip-exporter/changelog.Debian.gz",
         "/usr/share/doc/geoip-exporter/LICENSE-APACHE",
         "/usr/share/doc/geoip-exporter/LICENSE-MIT",
         "/usr/share/doc/geoip-exporter/map-data-LICENSES.md",
@@ -335,10 +336,28 @@ fn the_package_installs_runs_with_its_defaults_and_purges_cleanly() {
         PathBuf::from,
     );
     let deb = deb.to_str().expect("utf-8 path").to_owned();
+    // The purge at the end removes the flags file and the database
+    // directory: never run where an operator installed it, by package
+    // (even removed but not purged) or by hand.
     assert!(
-        !installed(),
-        "{PACKAGE} is installed on this machine; this test installs and purges it: remove it first (dpkg --purge {PACKAGE})"
+        !run("dpkg-query", &["-W", PACKAGE]).status.success(),
+        "dpkg knows {PACKAGE} on this machine (installed, or removed but not purged); this test installs and purges it: purge it first (dpkg --purge {PACKAGE})"
     );
+    for path in [
+        "/etc/default/geoip-exporter",
+        "/var/lib/geoip-exporter",
+        "/usr/bin/geoip-exporter",
+        "/usr/lib/systemd/system/geoip-exporter.service",
+        "/etc/systemd/system/geoip-exporter.service",
+    ] {
+        assert!(
+            !Path::new(path).exists(),
+            "{path} exists: geoip-exporter was installed here by hand; this test would replace and purge it: remove it first"
+        );
+    }
+    // Debian's own checks of the package, errors and warnings alike.
+    let out = run("lintian", &["--fail-on", "error,warning", &deb]);
+    assert!(out.status.success(), "lintian: {}", text(&out));
     let before = tree();
 
     // Install, as an operator would.

@@ -38,6 +38,13 @@ pub(crate) fn run() -> Result<PathBuf> {
 /// Packages `binary` (the release build, `<target>/release/geoip-exporter`,
 /// which cargo-deb takes from there); prints and returns the `.deb`'s path.
 pub(crate) fn of_binary(binary: &Path) -> Result<PathBuf> {
+    // Without it cargo-deb only warns, and the package declares no
+    // dependencies.
+    if cmd::which("dpkg-shlibdeps").is_none() {
+        bail!(
+            "dpkg-shlibdeps is not installed; cargo-deb needs it to work out the package's dependencies: apt-get install dpkg-dev (or run cargo xtask setup as root)"
+        );
+    }
     let staging = crate::target_dir().join("release").join("package");
     eprintln!("==> generate the packaged files in {}", staging.display());
     fs::create_dir_all(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
@@ -81,6 +88,20 @@ pub(crate) fn of_binary(binary: &Path) -> Result<PathBuf> {
         &third_party(&metadata, "geoip-user")?,
     )?;
 
+    let changelog = root.join("deploy/debian/changelog");
+    let text = fs::read_to_string(&changelog)
+        .with_context(|| format!("cannot read {}", changelog.display()))?;
+    let want = format!("{}-1", env!("CARGO_PKG_VERSION"));
+    let newest = newest_entry(&text);
+    if newest != Some(want.as_str()) {
+        bail!(
+            "the newest entry of {} is for {}, but the package is {want}: add an entry for it \
+             (it is the package's changelog.Debian.gz)",
+            changelog.display(),
+            newest.unwrap_or("nothing")
+        );
+    }
+
     eprintln!("==> cargo deb");
     let out_dir = crate::target_dir().join("debian");
     let printed = cmd::stdout(
@@ -105,6 +126,13 @@ pub(crate) fn of_binary(binary: &Path) -> Result<PathBuf> {
 
 fn write(path: &Path, text: &str) -> Result<()> {
     fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The version of a Debian changelog's first entry: `pkg (VERSION) ...`.
+fn newest_entry(changelog: &str) -> Option<&str> {
+    let line = changelog.lines().find(|l| !l.trim().is_empty())?;
+    let (_, rest) = line.split_once(" (")?;
+    rest.split_once(')').map(|(version, _)| version)
 }
 
 /// The target triple of this machine, from `rustc -vV`.
@@ -282,6 +310,21 @@ mod tests {
         };
         assert_eq!(settings(&unit), settings(&packaged));
         assert!(packaged_unit(&unit.replace("# Install by hand", "# Install")).is_err());
+    }
+
+    #[test]
+    fn the_changelog_names_this_version() {
+        assert_eq!(
+            newest_entry("\ngeoip-exporter (1.2.3-1) unstable; urgency=medium\n"),
+            Some("1.2.3-1")
+        );
+        assert_eq!(newest_entry("nonsense"), None);
+        let text = fs::read_to_string(crate::workspace_root().join("deploy/debian/changelog"))
+            .expect("changelog");
+        assert_eq!(
+            newest_entry(&text),
+            Some(format!("{}-1", env!("CARGO_PKG_VERSION")).as_str())
+        );
     }
 
     #[test]

@@ -77,6 +77,11 @@ const PACKAGES: &[DebPackage] = &[
         why: "cargo-deb works out the package's dependencies with dpkg-shlibdeps",
     },
     DebPackage {
+        name: "lintian",
+        unless_on_path: None,
+        why: "the install test holds the Debian package to Debian's own checks",
+    },
+    DebPackage {
         name: "nodejs",
         unless_on_path: Some("npm"),
         why: "the npm client that `cargo xtask fetch-db` uses",
