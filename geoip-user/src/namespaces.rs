@@ -142,6 +142,18 @@ pub(crate) fn enter_file(file: &File) -> io::Result<()> {
     }
 }
 
+/// Move the calling thread back into `home` (an nsfs file) unless it is
+/// there already: a thread that never left needs no setns(2), which it may
+/// not be allowed (no `CAP_SYS_ADMIN`, or a seccomp filter).
+pub(crate) fn return_to(home: &File) -> io::Result<()> {
+    let here = std::fs::metadata("/proc/thread-self/ns/net")?;
+    let home_meta = home.metadata()?;
+    if here.ino() == home_meta.ino() && here.dev() == home_meta.dev() {
+        return Ok(());
+    }
+    enter_file(home)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +173,24 @@ mod tests {
                 PathBuf::from("/run/netns/with space")
             ]
         );
+    }
+
+    #[test]
+    fn returning_home_from_home_needs_no_setns() {
+        // A thread that drops CAP_SYS_ADMIN cannot call setns(2); one that
+        // never left its namespace must still "return" without it.
+        let home = File::open("/proc/thread-self/ns/net").unwrap();
+        std::thread::spawn(move || {
+            crate::caps::restrict_thread(0).unwrap();
+            assert_eq!(
+                enter_file(&home).map_err(|e| e.raw_os_error()),
+                Err(Some(libc::EPERM)),
+                "setns needs CAP_SYS_ADMIN (run the unit tests as root)"
+            );
+            return_to(&home).unwrap();
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -272,8 +272,10 @@ impl Snapshotter {
                         if first && let Err(err) = caps::restrict_thread(keep) {
                             tracing::warn!(error = %err, "cannot drop CAP_DAC_READ_SEARCH from the snapshot thread");
                         }
-                        // Back home for the next one, whatever happened.
-                        if let Err(err) = namespaces::enter_file(&home) {
+                        // Back home for the next one, whatever happened
+                        // (a no-op when it never left: without setns(2),
+                        // e.g. under the packaged unit, it stays home).
+                        if let Err(err) = namespaces::return_to(&home) {
                             tracing::error!(error = %err, "the snapshot thread cannot return to the exporter's network namespace; no more snapshots");
                             broken = true;
                         }
