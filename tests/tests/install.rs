@@ -16,13 +16,14 @@ use std::{
     fs,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
 };
 
 use bcrypt as _;
 use geoip_tests::{
     exporter::{
-        Exporter, Samples, cd, http_get, nonzero, promtool_check_metrics, setpriv, temp_dir,
+        Exporter, Samples, cd, http_get, nonzero, parse, promtool_check_metrics, setpriv, temp_dir,
     },
     fixtures::write_database,
     netns::{HOST_V6, TestNet, host_listener, sock},
@@ -258,23 +259,40 @@ fn check_with_the_installed_flags(db: &Path, caps: &[String]) {
     );
 }
 
-/// The service, started as the installed unit starts it, counts real
-/// connections exactly, serves a clean `/metrics` and the map, and stops on
-/// SIGTERM.
-fn count_real_connections(program: &str, words: &[String], caps: &[String], addr: SocketAddr) {
-    // Real connections: one opened before the service starts (found by
-    // its start-up snapshot), the rest after (reported by the kernel).
-    let net = TestNet::create("install", &[DE, JP, BR_V6]);
+/// `/metrics` at `addr`, parsed, until `want` holds (up to 10 s); the last
+/// samples either way.
+fn wait_for(addr: SocketAddr, want: impl Fn(&Samples) -> bool) -> Samples {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let samples = match http_get(addr, "/metrics") {
+            Ok((200, body)) => parse(&body),
+            _ => Samples::new(),
+        };
+        if want(&samples) || Instant::now() > deadline {
+            return samples;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The service that `start` starts (listening at `addr`) counts real
+/// connections exactly, one opened before it started (its start-up
+/// snapshot) and the rest after (the kernel's events), and serves a clean
+/// `/metrics` and the map; `stop` then ends it. `log` is what it logged.
+fn count_real_connections<S>(
+    net_name: &str,
+    addr: SocketAddr,
+    start: impl FnOnce() -> S,
+    stop: impl FnOnce(S),
+    log: impl Fn() -> String,
+) {
+    let net = TestNet::create(net_name, &[DE, JP, BR_V6]);
     let _remote = net.serve(REMOTE_PORT);
     let (_local, local_port) = host_listener();
     let target = |ip: &str| SocketAddr::new(ip.parse::<IpAddr>().expect("address"), REMOTE_PORT);
     let early = net.connect_to(target(DE));
 
-    let dir = temp_dir("install");
-    let mut service = setpriv(DYNAMIC_UID, caps);
-    service.arg(program).args(words);
-    let exporter =
-        Exporter::start_listening_at(&dir, service, addr, |a| http_get(a, "/metrics").is_ok());
+    let service = start();
     let de_again = net.connect_to(target(DE));
     let jp = net.connect_to(target(JP));
     let inbound = net.connect_from(BR_V6, sock(HOST_V6, local_port));
@@ -290,24 +308,25 @@ fn count_real_connections(program: &str, words: &[String], caps: &[String], addr
         .collect();
         move |s: &Samples| nonzero(s, "geoip_connections") == expected
     };
-    let samples = exporter.wait_for(want(2.0, 1.0, 1.0));
+    let samples = wait_for(addr, want(2.0, 1.0, 1.0));
     assert!(
         want(2.0, 1.0, 1.0)(&samples),
         "{:?}\n{}",
         nonzero(&samples, "geoip_connections"),
-        exporter.log()
+        log()
     );
-    let body = exporter.scrape();
+    let (status, body) = http_get(addr, "/metrics").expect("/metrics");
+    assert_eq!(status, 200);
     let complaints = promtool_check_metrics(&body);
     assert!(complaints.is_empty(), "promtool: {complaints}");
-    let (status, page) = exporter.get("/").expect("the map page");
+    let (status, page) = http_get(addr, "/").expect("the map page");
     assert!(
         status == 200 && page.contains("<title>geoip-exporter · live map</title>"),
         "GET / answered {status}"
     );
 
     drop((early, jp));
-    let samples = exporter.wait_for(want(1.0, 0.0, 1.0));
+    let samples = wait_for(addr, want(1.0, 0.0, 1.0));
     assert!(
         want(1.0, 0.0, 1.0)(&samples),
         "{:?}",
@@ -317,28 +336,28 @@ fn count_real_connections(program: &str, words: &[String], caps: &[String], addr
     assert_eq!(closed.get(&cd("DE", "outbound")), Some(&1.0), "{closed:?}");
     assert_eq!(closed.get(&cd("JP", "outbound")), Some(&1.0), "{closed:?}");
     drop((de_again, inbound));
-    let samples = exporter.wait_for(want(0.0, 0.0, 0.0));
+    let samples = wait_for(addr, want(0.0, 0.0, 0.0));
     assert!(
         nonzero(&samples, "geoip_connections").is_empty(),
         "{:?}",
         nonzero(&samples, "geoip_connections")
     );
-    assert!(
-        exporter.stop(libc::SIGTERM).success(),
-        "SIGTERM ends the service cleanly"
-    );
+    stop(service);
 }
 
-#[test]
-fn the_package_installs_runs_with_its_defaults_and_purges_cleanly() {
-    let deb = std::env::var_os("GEOIP_DEB").map_or_else(
-        || panic!("GEOIP_DEB is not set: run this through `cargo xtask test`, which builds the package (cargo xtask package) and sets it"),
-        PathBuf::from,
-    );
-    let deb = deb.to_str().expect("utf-8 path").to_owned();
-    // The purge at the end removes the flags file and the database
-    // directory: never run where an operator installed it, by package
-    // (even removed but not purged) or by hand.
+/// The package `cargo xtask test` built (`GEOIP_DEB`).
+fn deb_path() -> String {
+    std::env::var("GEOIP_DEB").unwrap_or_else(|_| {
+        panic!(
+            "GEOIP_DEB is not set: run this through `cargo xtask test`, which builds the package (cargo xtask package) and sets it"
+        )
+    })
+}
+
+/// The purge at the end of the install test removes the flags file and the
+/// database directory: never run where an operator installed it, by
+/// package (even removed but not purged) or by hand.
+fn assert_not_installed_here() {
     assert!(
         !run("dpkg-query", &["-W", PACKAGE]).status.success(),
         "dpkg knows {PACKAGE} on this machine (installed, or removed but not purged); this test installs and purges it: purge it first (dpkg --purge {PACKAGE})"
@@ -355,6 +374,12 @@ fn the_package_installs_runs_with_its_defaults_and_purges_cleanly() {
             "{path} exists: geoip-exporter was installed here by hand; this test would replace and purge it: remove it first"
         );
     }
+}
+
+#[test]
+fn the_package_installs_runs_with_its_defaults_and_purges_cleanly() {
+    let deb = deb_path();
+    assert_not_installed_here();
     // Debian's own checks of the package, errors and warnings alike.
     let out = run("lintian", &["--fail-on", "error,warning", &deb]);
     assert!(out.status.success(), "lintian: {}", text(&out));
@@ -425,7 +450,28 @@ fn the_package_installs_runs_with_its_defaults_and_purges_cleanly() {
 
     check_with_the_installed_flags(&db, &caps);
 
-    count_real_connections(program, &words, &caps, addr);
+    // The service as its unit runs it: ExecStart= with the installed
+    // flags, as a non-root user with the unit's capabilities.
+    let dir = temp_dir("install");
+    count_real_connections(
+        "install",
+        addr,
+        || {
+            let mut service = setpriv(DYNAMIC_UID, &caps);
+            service.arg(program).args(&words);
+            Exporter::start_listening_at(&dir, service, addr, |a| http_get(a, "/metrics").is_ok())
+        },
+        |exporter| {
+            assert!(
+                exporter.stop(libc::SIGTERM).success(),
+                "SIGTERM ends the service cleanly"
+            );
+        },
+        || {
+            fs::read_to_string(dir.join(format!("exporter-{}.log", addr.port())))
+                .unwrap_or_default()
+        },
+    );
 
     // Purge: nothing of the package is left.
     let out = run("dpkg", &["--purge", PACKAGE]);
@@ -440,5 +486,281 @@ fn the_package_installs_runs_with_its_defaults_and_purges_cleanly() {
     assert!(
         added.is_empty() && removed.is_empty(),
         "the purge left {added:?} behind and took {removed:?}"
+    );
+}
+
+/// A Debian with systemd as PID 1, booted with `systemd-nspawn` from the
+/// root `cargo xtask setup` made (`--volatile=overlay`: every change is
+/// lost at power-off), sharing the host's network namespace, with
+/// `/mnt/pkg` bound to a directory of the host. Powered off on drop.
+struct Container {
+    nspawn: Child,
+    pid1: String,
+    machine: String,
+}
+
+impl Container {
+    fn boot(root: &Path, share: &Path, log: &Path) -> Self {
+        let machine = format!("geoipt-{}", std::process::id());
+        let log_file = fs::File::create(log).expect("nspawn log");
+        let nspawn = Command::new("systemd-nspawn")
+            .arg("--directory")
+            .arg(root)
+            .args([
+                "--boot",
+                "--volatile=overlay",
+                "--register=no",
+                "--keep-unit",
+                &format!("--machine={machine}"),
+                // What the unit grants must be in the container's bounding
+                // set, and its system calls past nspawn's own filter.
+                "--capability=CAP_BPF,CAP_PERFMON",
+                "--system-call-filter=bpf perf_event_open",
+                "--bind-ro=/sys/kernel/tracing",
+            ])
+            .arg(format!("--bind-ro={}:/mnt/pkg", share.display()))
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("systemd-nspawn (cargo xtask setup installs systemd-container)");
+        let mut container = Self {
+            pid1: String::new(),
+            nspawn,
+            machine,
+        };
+        let deadline = Instant::now() + Duration::from_mins(1);
+        while container.pid1.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "no systemd in the container after 60 s:\n{}",
+                fs::read_to_string(log).unwrap_or_default()
+            );
+            if let Ok(Some(status)) = container.nspawn.try_wait() {
+                panic!(
+                    "systemd-nspawn exited with {status}:\n{}",
+                    fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            container.pid1 = descendant_named(container.nspawn.id(), "systemd").unwrap_or_default();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        loop {
+            let state = container.run(&["systemctl", "is-system-running"]);
+            let state = String::from_utf8_lossy(&state.stdout).trim().to_owned();
+            if state == "running" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the container's systemd is {state:?} after 60 s: {}",
+                container.run_ok(&["systemctl", "--failed", "--no-pager"])
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        container
+    }
+
+    /// `args` run inside the container (all its namespaces).
+    fn run(&self, args: &[&str]) -> Output {
+        geoip_tests::exporter::run_command_to_exit(
+            Command::new("nsenter")
+                .args(["--target", &self.pid1, "--all", "--"])
+                .args(args),
+        )
+    }
+
+    fn run_ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "in the container: {args:?}: {}",
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// What the service logged (its journal).
+    fn journal(&self) -> String {
+        self.run_ok(&[
+            "journalctl",
+            "--unit",
+            PACKAGE,
+            "--output",
+            "cat",
+            "--no-pager",
+        ])
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if !self.pid1.is_empty() {
+            let _ = self.run(&["systemctl", "poweroff"]);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.nspawn.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.nspawn.kill();
+                let _ = self.nspawn.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = fs::remove_dir_all(format!("/run/systemd/nspawn/propagate/{}", self.machine));
+    }
+}
+
+/// The first process below `pid` (children first) whose name is `name`.
+fn descendant_named(pid: u32, name: &str) -> Option<String> {
+    let mut todo = vec![pid.to_string()];
+    while let Some(pid) = todo.pop() {
+        for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+            let children = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace() {
+                let comm = fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+                if comm.trim() == name {
+                    return Some(child.to_owned());
+                }
+                todo.push(child.to_owned());
+            }
+        }
+    }
+    None
+}
+
+/// The hexadecimal capability set `field` (`CapEff`, `CapBnd`) of a
+/// `/proc/PID/status` text.
+fn cap_set(status: &str, field: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+/// The running service is its dynamic user, not root; after start-up it
+/// holds no capability (its snapshot thread keeps only what the unit does
+/// not grant anyway), and could never hold more than the unit's three.
+fn assert_runs_unprivileged(container: &Container) {
+    let pid = container.run_ok(&[
+        "systemctl",
+        "show",
+        "--property=MainPID",
+        "--value",
+        PACKAGE,
+    ]);
+    let status = container.run_ok(&["cat", &format!("/proc/{}/status", pid.trim())]);
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .expect("Uid");
+    assert_ne!(uid, "0", "the service runs as root:\n{status}");
+    assert_eq!(
+        cap_set(&status, "CapEff"),
+        0,
+        "capabilities kept:\n{status}"
+    );
+    let unit_caps = (1 << 39) | (1 << 38) | (1 << 2); // BPF, PERFMON, DAC_READ_SEARCH
+    assert_eq!(cap_set(&status, "CapBnd"), unit_caps, "{status}");
+}
+
+#[test]
+fn the_packaged_service_runs_under_systemd() {
+    let deb = deb_path();
+    let root = std::env::var_os("GEOIP_SYSTEMD_ROOT").map_or_else(
+        || panic!("GEOIP_SYSTEMD_ROOT is not set: run this through `cargo xtask test` (its setup makes the root with debootstrap)"),
+        PathBuf::from,
+    );
+    assert!(
+        root.join(".geoip-systemd-root").is_file(),
+        "{} is not a finished root: run cargo xtask setup",
+        root.display()
+    );
+    let share = temp_dir("install-systemd");
+    fs::copy(&deb, share.join("geoip-exporter.deb")).expect("copy the package");
+    write_database(&share.join("country.mmdb"));
+    let addr: SocketAddr = ([127, 0, 0, 1], 9300).into();
+    assert!(
+        http_get(addr, "/metrics").is_err(),
+        "something already listens on {addr}, the packaged default; stop it"
+    );
+
+    let container = Container::boot(&root, &share, &share.join("nspawn.log"));
+    container.run_ok(&["dpkg", "-i", "/mnt/pkg/geoip-exporter.deb"]);
+    container.run_ok(&[
+        "install",
+        "-m",
+        "0644",
+        "/mnt/pkg/country.mmdb",
+        "/var/lib/geoip-exporter/country.mmdb",
+    ]);
+    let check = container.run(&["geoip-exporter", "check"]);
+    assert_eq!(check.status.code(), Some(0), "check: {}", text(&check));
+
+    count_real_connections(
+        "systemd",
+        addr,
+        || {
+            container.run_ok(&["systemctl", "enable", "--now", PACKAGE]);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while http_get(addr, "/metrics").is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "the service does not serve after 30 s:\n{}\n{}",
+                    container
+                        .run(&["systemctl", "status", "--no-pager", PACKAGE])
+                        .stdout
+                        .escape_ascii(),
+                    container.journal()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert_runs_unprivileged(&container);
+        },
+        |()| {
+            container.run_ok(&["systemctl", "stop", PACKAGE]);
+            let result =
+                container.run_ok(&["systemctl", "show", "--property=Result", "--value", PACKAGE]);
+            assert_eq!(result.trim(), "success", "{}", container.journal());
+        },
+        || container.journal(),
+    );
+
+    // It logged no error and one warning, the documented one: the unit
+    // does not grant what reading other network namespaces needs. Any
+    // other would be something the unit's sandbox refused it (dropping
+    // its capabilities, lowering its snapshot thread's priority, ...).
+    let journal = container.journal();
+    for needle in ["capabilities dropped", "serving metrics", "shutting down"] {
+        assert!(
+            journal.contains(needle),
+            "the journal lacks {needle:?}:\n{journal}"
+        );
+    }
+    let expected = " WARN without these capabilities only the exporter's own network namespace";
+    let bad: Vec<&str> = journal
+        .lines()
+        .filter(|l| (l.contains(" WARN ") && !l.contains(expected)) || l.contains(" ERROR "))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "the service warned under its unit:\n{}",
+        bad.join("\n")
+    );
+
+    container.run_ok(&["dpkg", "--purge", PACKAGE]);
+    let left = container.run(&[
+        "ls",
+        "-d",
+        "/var/lib/geoip-exporter",
+        "/etc/default/geoip-exporter",
+        "/etc/systemd/system/multi-user.target.wants/geoip-exporter.service",
+    ]);
+    assert!(
+        left.stdout.is_empty(),
+        "the purge under systemd left: {}",
+        String::from_utf8_lossy(&left.stdout)
     );
 }

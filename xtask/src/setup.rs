@@ -10,6 +10,7 @@ mod cargo_deb;
 mod kernel;
 mod packages;
 mod python;
+mod systemd_root;
 mod toolchain;
 
 use std::{env, path::PathBuf};
@@ -95,6 +96,7 @@ pub(crate) fn run(parts: Parts) -> Result<()> {
     if parts.packages {
         packages::ensure(root, &mut report)?;
         python::ensure()?;
+        systemd_root::ensure(root, &mut report)?;
     }
     if parts.kernel {
         kernel::tracefs(root, &mut report)?;

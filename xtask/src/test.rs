@@ -89,6 +89,10 @@ fn run_steps(options: &Options, unit: bool, e2e: bool, summary: &mut Summary) ->
                 .current_dir(workspace)
                 .env("GEOIP_EXPORTER_BIN", &binary)
                 .env("GEOIP_DEB", &deb)
+                .env(
+                    "GEOIP_SYSTEMD_ROOT",
+                    crate::target_dir().join("systemd-root"),
+                )
                 .args([
                     "test",
                     "--release",

@@ -82,6 +82,16 @@ const PACKAGES: &[DebPackage] = &[
         why: "the install test holds the Debian package to Debian's own checks",
     },
     DebPackage {
+        name: "debootstrap",
+        unless_on_path: None,
+        why: "the Debian root the install test boots with systemd",
+    },
+    DebPackage {
+        name: "systemd-container",
+        unless_on_path: None,
+        why: "systemd-nspawn: the install test runs the packaged service under systemd",
+    },
+    DebPackage {
         name: "nodejs",
         unless_on_path: Some("npm"),
         why: "the npm client that `cargo xtask fetch-db` uses",
