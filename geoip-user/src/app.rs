@@ -128,12 +128,16 @@ pub(crate) struct Started {
     snapshotter: Snapshotter,
 }
 
+/// The databases `--geoip.database` names, as `--labels` needs them.
+pub(crate) fn open_databases(args: &Args) -> Result<Databases, OpenError> {
+    Databases::open(&args.database, wants(args))
+}
+
 /// Everything that needs privileges, on the main thread before any other
-/// thread exists: check the inputs, load and attach the kernel program,
-/// start the snapshot thread; then drop every capability of this thread
-/// (threads made later, the runtime's included, inherit none).
-pub(crate) fn start(args: &Args) -> Result<Started, AppError> {
-    let databases = Databases::open(&args.database, wants(args))?;
+/// thread exists: check the other inputs, load and attach the kernel
+/// program, start the snapshot thread; then drop every capability of this
+/// thread (threads made later, the runtime's included, inherit none).
+pub(crate) fn start(args: &Args, databases: Databases) -> Result<Started, AppError> {
     let db = databases.country.info();
     let ranges = databases.country.table_size();
     tracing::info!(
@@ -395,7 +399,7 @@ fn features(args: &Args) -> u32 {
 }
 
 /// The databases `--labels` needs besides a country database.
-pub(crate) fn wants(args: &Args) -> Wants {
+fn wants(args: &Args) -> Wants {
     Wants {
         asn: args.labels.contains(&Label::Asn),
         city: args.labels.contains(&Label::City),

@@ -25,7 +25,7 @@ use crate::{
     caps::{self, CAP_BPF, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE},
     cli::{Args, Label},
     geo::{DatabaseInfo, Databases, Records},
-    tracefs,
+    probe, tracefs,
     webconfig::WebConfig,
 };
 
@@ -167,10 +167,11 @@ pub(crate) fn run(args: Args, service: bool) -> ExitCode {
     report.result("kernel", kernel());
     report.result("BTF", btf(args.bytes));
     report.result("tracepoint", tracepoint());
-    let capabilities = capabilities();
+    let sets = caps::current().ok();
+    let capabilities = capabilities(sets.as_ref());
     let can_load = capabilities.is_ok();
     report.result("capabilities", capabilities);
-    if let Some(namespaces) = namespace_capabilities(&args) {
+    if let Some(namespaces) = namespace_capabilities(&args, sets.as_ref()) {
         report.line(Status::Warn, "namespaces", namespaces);
     }
     if can_load {
@@ -182,7 +183,16 @@ pub(crate) fn run(args: Args, service: bool) -> ExitCode {
             "needs the capabilities above",
         );
     }
-    report.result("database", database(&args));
+    let databases = match app::open_databases(&args) {
+        Ok(databases) => {
+            report.line(Status::Ok, "database", describe_all(&databases));
+            Some(databases)
+        }
+        Err(err) => {
+            report.line(Status::Failed, "database", crate::error_chain(&err));
+            None
+        }
+    };
     if let Some(path) = &args.web_config {
         report.result(
             "web config",
@@ -207,8 +217,8 @@ pub(crate) fn run(args: Args, service: bool) -> ExitCode {
             report.line(Status::Warn, "service", problem);
         }
     }
-    if report.failed == 0 {
-        start(args, &mut report);
+    if let Some(databases) = databases.filter(|_| report.failed == 0) {
+        start(args, databases, &mut report);
     } else {
         for item in ["kernel program", "connections"] {
             report.line(Status::Skipped, item, "fix the failed items above first");
@@ -229,10 +239,11 @@ pub(crate) fn run(args: Args, service: bool) -> ExitCode {
     }
 }
 
-/// The real start-up, stopped before serving: load and attach the
-/// program, then merge the connections that exist.
-fn start(args: Args, report: &mut Report) {
-    let started = match app::start(&args) {
+/// The real start-up on the databases the check opened, stopped before
+/// serving: load and attach the program, then merge the connections that
+/// exist.
+fn start(args: Args, databases: Databases, report: &mut Report) {
+    let started = match app::start(&args, databases) {
         Ok(started) => started,
         Err(err) => {
             report.line(Status::Failed, "kernel program", crate::error_chain(&err));
@@ -361,46 +372,44 @@ fn tracepoint() -> Result<(Status, String), String> {
     ))
 }
 
-/// The capabilities loading needs.
-fn capabilities() -> Result<(Status, String), String> {
-    let sets = match caps::current() {
-        Ok(sets) => sets,
-        Err(err) => {
-            return Ok((
-                Status::Warn,
-                format!(
-                    "cannot read this process's capabilities ({err}); the kernel program item below tells"
-                ),
-            ));
-        }
+/// The capabilities loading needs (the verdict is the start-up's own,
+/// [`probe::check_capabilities`]), and those this process holds.
+fn capabilities(sets: Option<&caps::Sets>) -> Result<(Status, String), String> {
+    let Some(sets) = sets else {
+        return Ok((
+            Status::Warn,
+            "cannot read this process's capabilities; the kernel program item below tells"
+                .to_owned(),
+        ));
     };
-    let has = |cap: u32| sets.effective & caps::bit(cap) != 0;
     let relevant = caps::bit(CAP_BPF)
         | caps::bit(CAP_PERFMON)
         | caps::bit(CAP_DAC_READ_SEARCH)
         | caps::bit(CAP_SYS_ADMIN)
         | caps::bit(CAP_SYS_PTRACE);
-    let held = caps::names(sets.effective & relevant);
     // SAFETY: geteuid has no preconditions.
     let who = if unsafe { libc::geteuid() } == 0 {
         "root"
     } else {
         "not root"
     };
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
-        Ok((Status::Ok, format!("{who}, effective: {}", held.join(" "))))
-    } else {
-        let missing = caps::names((caps::bit(CAP_BPF) | caps::bit(CAP_PERFMON)) & !sets.effective);
-        Err(format!(
-            "{who}, missing {}: run as root (sudo geoip-exporter check), or grant CAP_BPF, CAP_PERFMON and CAP_DAC_READ_SEARCH (the packaged systemd unit does)",
-            missing.join(" and ")
-        ))
+    match probe::check_capabilities() {
+        Ok(()) => Ok((
+            Status::Ok,
+            format!(
+                "{who}, effective: {}",
+                caps::names(sets.effective & relevant).join(" ")
+            ),
+        )),
+        Err(err) => Err(format!(
+            "{who}: {err}; as root: sudo geoip-exporter check; the packaged systemd unit grants CAP_BPF, CAP_PERFMON and CAP_DAC_READ_SEARCH"
+        )),
     }
 }
 
 /// What the missing optional capabilities cost, if any are missing.
-fn namespace_capabilities(args: &Args) -> Option<String> {
-    let sets = caps::current().ok()?;
+fn namespace_capabilities(args: &Args, sets: Option<&caps::Sets>) -> Option<String> {
+    let sets = sets?;
     let mut wanted = caps::bit(CAP_SYS_ADMIN) | caps::bit(CAP_SYS_PTRACE);
     let service = args.labels.contains(&Label::Service);
     if service {
@@ -478,9 +487,8 @@ fn ring_buffer(bytes: u32) -> Result<(Status, String), String> {
     ))
 }
 
-fn database(args: &Args) -> Result<(Status, String), String> {
-    let databases = Databases::open(&args.database, app::wants(args))
-        .map_err(|err| crate::error_chain(&err))?;
+/// Each database: path, type, build date; the country ranges.
+fn describe_all(databases: &Databases) -> String {
     let (v4, v6, _) = databases.country.table_size();
     let mut text = format!(
         "{} ({v4} IPv4 and {v6} IPv6 country ranges)",
@@ -494,7 +502,7 @@ fn database(args: &Args) -> Result<(Status, String), String> {
             let _ = write!(text, "; {what}: {}", describe(info));
         }
     }
-    Ok((Status::Ok, text))
+    text
 }
 
 /// `PATH: type T, built YYYY-MM-DD`.

@@ -89,7 +89,10 @@ pub fn main() -> ExitCode {
     init_logging(args.log_level);
     // Privileged work first, on this thread alone; the runtime's threads
     // are made after the capabilities are dropped.
-    let started = match app::start(&args) {
+    let started = match app::open_databases(&args)
+        .map_err(app::AppError::from)
+        .and_then(|databases| app::start(&args, databases))
+    {
         Ok(started) => started,
         Err(err) => {
             report(&err);
