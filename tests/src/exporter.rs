@@ -333,3 +333,26 @@ pub fn nonzero(samples: &Samples, name: &str) -> BTreeMap<String, f64> {
 pub fn cd(country: &str, direction: &str) -> String {
     format!("{{country=\"{country}\",direction=\"{direction}\"}}")
 }
+
+/// `(status, item, text)` of each item line a `geoip-exporter check`
+/// printed (`ok      kernel          Linux ...`).
+pub fn check_lines(stdout: &str) -> Vec<(String, String, String)> {
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let status = line.get(..8)?.trim_end();
+            let item = line.get(8..24)?.trim_end();
+            ["ok", "warn", "FAILED", "skipped"]
+                .contains(&status)
+                .then(|| (status.to_owned(), item.to_owned(), line[24..].to_owned()))
+        })
+        .collect()
+}
+
+/// The status of `item` in a check's stdout.
+pub fn check_status(stdout: &str, item: &str) -> String {
+    check_lines(stdout)
+        .into_iter()
+        .find(|(_, i, _)| i == item)
+        .map_or_else(|| panic!("no {item} line:\n{stdout}"), |(s, _, _)| s)
+}

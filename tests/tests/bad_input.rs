@@ -11,7 +11,8 @@ use std::{
 use bcrypt as _;
 use geoip_tests::{
     exporter::{
-        bin, free_port, run_command_to_exit, run_to_exit, setpriv, temp_dir, world_readable,
+        bin, check_lines, check_status, free_port, run_command_to_exit, run_to_exit, setpriv,
+        temp_dir, world_readable,
     },
     fixtures::{write_asn_database, write_database},
 };
@@ -239,26 +240,14 @@ const CHECK_ITEMS: [&str; 9] = [
     "connections",
 ];
 
-/// `(status, item, text)` of each item line of a check's stdout.
-fn check_lines(out: &Output) -> Vec<(String, String, String)> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let status = line.get(..8)?.trim_end();
-            let item = line.get(8..24)?.trim_end();
-            ["ok", "warn", "FAILED", "skipped"]
-                .contains(&status)
-                .then(|| (status.to_owned(), item.to_owned(), line[24..].to_owned()))
-        })
-        .collect()
-}
-
-/// The status of `item` in a check's lines.
-fn status_of<'a>(lines: &'a [(String, String, String)], item: &str) -> &'a str {
-    lines
-        .iter()
-        .find(|(_, i, _)| i == item)
-        .map_or_else(|| panic!("no {item} line in {lines:?}"), |(s, _, _)| s)
+/// A check that exited 1 with these items at these statuses; its stdout.
+fn assert_check_failed(out: &Output, statuses: &[(&str, &str)]) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for (item, want) in statuses {
+        assert_eq!(check_status(&stdout, item), *want, "{item}:\n{stdout}");
+    }
+    stdout
 }
 
 #[test]
@@ -276,7 +265,7 @@ fn check_passes_item_by_item_on_this_host() {
             "{stdout}\nstderr:\n{}",
             stderr(&out)
         );
-        let lines = check_lines(&out);
+        let lines = check_lines(&stdout);
         let items: Vec<&str> = lines.iter().map(|(_, i, _)| i.as_str()).collect();
         assert_eq!(items, CHECK_ITEMS, "{stdout}");
         for (status, item, text) in &lines {
@@ -316,19 +305,17 @@ fn check_lists_every_failure_with_what_to_do_and_exits_1() {
         "--web.listen-address",
         &busy_addr,
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    let lines = check_lines(&out);
-    for (item, want) in [
-        ("kernel", "ok"),
-        ("capabilities", "ok"),
-        ("database", "FAILED"),
-        ("listen address", "FAILED"),
-        ("kernel program", "skipped"),
-        ("connections", "skipped"),
-    ] {
-        assert_eq!(status_of(&lines, item), want, "{item}:\n{stdout}");
-    }
+    let stdout = assert_check_failed(
+        &out,
+        &[
+            ("kernel", "ok"),
+            ("capabilities", "ok"),
+            ("database", "FAILED"),
+            ("listen address", "FAILED"),
+            ("kernel program", "skipped"),
+            ("connections", "skipped"),
+        ],
+    );
     for needle in [
         missing.to_str().expect("utf-8"),
         "no such file",
@@ -353,19 +340,17 @@ fn check_lists_every_failure_with_what_to_do_and_exits_1() {
         db.to_str().expect("utf-8"),
         &listen_arg(),
     ]));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    let lines = check_lines(&out);
-    for (item, want) in [
-        ("database", "ok"),
-        ("tracepoint", "FAILED"),
-        ("capabilities", "FAILED"),
-        ("namespaces", "warn"),
-        ("ring buffer", "skipped"),
-        ("kernel program", "skipped"),
-    ] {
-        assert_eq!(status_of(&lines, item), want, "{item}:\n{stdout}");
-    }
+    let stdout = assert_check_failed(
+        &out,
+        &[
+            ("database", "ok"),
+            ("tracepoint", "FAILED"),
+            ("capabilities", "FAILED"),
+            ("namespaces", "warn"),
+            ("ring buffer", "skipped"),
+            ("kernel program", "skipped"),
+        ],
+    );
     for needle in [
         "missing CAP_BPF and CAP_PERFMON",
         "CAP_DAC_READ_SEARCH",

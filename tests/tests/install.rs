@@ -23,7 +23,8 @@ use std::{
 use bcrypt as _;
 use geoip_tests::{
     exporter::{
-        Exporter, Samples, cd, http_get, nonzero, parse, promtool_check_metrics, setpriv, temp_dir,
+        Exporter, Samples, cd, check_status, http_get, nonzero, parse, promtool_check_metrics,
+        setpriv, temp_dir,
     },
     fixtures::write_database,
     netns::{HOST_V6, TestNet, host_listener, sock},
@@ -63,10 +64,9 @@ fn run_ok(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn installed() -> bool {
-    run("dpkg-query", &["-W", "-f=${Status}", PACKAGE])
-        .stdout
-        .starts_with(b"install ok installed")
+/// Whether dpkg knows the package (installed, or removed but not purged).
+fn known_to_dpkg() -> bool {
+    run("dpkg-query", &["-W", PACKAGE]).status.success()
 }
 
 /// Every path under [`WATCHED`], except dpkg's own journal files, which
@@ -108,7 +108,7 @@ struct Purge;
 
 impl Drop for Purge {
     fn drop(&mut self) {
-        if installed() || run("dpkg-query", &["-W", PACKAGE]).status.success() {
+        if known_to_dpkg() {
             let _ = run("dpkg", &["--purge", PACKAGE]);
         }
     }
@@ -147,15 +147,6 @@ fn flag<'a>(words: &'a [String], flag: &str) -> &'a str {
         .position(|w| w == flag)
         .unwrap_or_else(|| panic!("{flag} in {words:?}"));
     &words[at + 1]
-}
-
-/// The check's status word for `item`.
-fn check_status<'a>(stdout: &'a str, item: &str) -> &'a str {
-    stdout
-        .lines()
-        .find(|l| l.get(8..24).is_some_and(|i| i.trim_end() == item))
-        .and_then(|l| l.get(..8))
-        .map_or_else(|| panic!("no {item} line:\n{stdout}"), str::trim_end)
 }
 
 /// Every file the package should put in place is there, as dpkg knows it.
@@ -359,7 +350,7 @@ fn deb_path() -> String {
 /// package (even removed but not purged) or by hand.
 fn assert_not_installed_here() {
     assert!(
-        !run("dpkg-query", &["-W", PACKAGE]).status.success(),
+        !known_to_dpkg(),
         "dpkg knows {PACKAGE} on this machine (installed, or removed but not purged); this test installs and purges it: purge it first (dpkg --purge {PACKAGE})"
     );
     for path in [
@@ -476,10 +467,7 @@ fn the_package_installs_runs_with_its_defaults_and_purges_cleanly() {
     // Purge: nothing of the package is left.
     let out = run("dpkg", &["--purge", PACKAGE]);
     assert!(out.status.success(), "dpkg --purge: {}", text(&out));
-    assert!(
-        !run("dpkg-query", &["-W", PACKAGE]).status.success(),
-        "dpkg still knows {PACKAGE}"
-    );
+    assert!(!known_to_dpkg(), "dpkg still knows {PACKAGE}");
     let after = tree();
     let added: Vec<&PathBuf> = after.difference(&before).collect();
     let removed: Vec<&PathBuf> = before.difference(&after).collect();
