@@ -26,11 +26,11 @@ use tokio::{
 };
 
 use crate::{
-    caps,
+    capabilities,
     check::Found,
     cli::{Args, Label},
     events::{DecodeError, Event},
-    filter::Exclusions,
+    exclude::Exclusions,
     geo::{Databases, OpenError, Records, Wants},
     http::{AppState, router, with_basic_auth},
     labels::{Caps, Labels},
@@ -175,7 +175,7 @@ pub(crate) fn start(args: &Args, databases: Databases) -> Result<Started, AppErr
     // heap behind; give it back to the system before serving.
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
-    match caps::restrict_thread(0) {
+    match capabilities::restrict_thread(0) {
         Ok(_) => tracing::info!(
             "capabilities dropped (the snapshot thread keeps CAP_SYS_ADMIN and CAP_SYS_PTRACE to enter network namespaces, and with --labels service CAP_DAC_READ_SEARCH until start-up has read /proc/PID/fd)"
         ),
@@ -674,7 +674,7 @@ impl EventLoop {
                         Err(err) => {
                             self.tracker.abort_sync();
                             self.metrics.reconciled(false);
-                            tracing::warn!(error = %crate::error_chain(&err), "reconcile skipped");
+                            tracing::warn!(error = %crate::error::chain(&err), "reconcile skipped");
                         }
                     }
                 }
@@ -687,7 +687,7 @@ impl EventLoop {
                             baseline = losses;
                             last_reconcile = began;
                         }
-                        Err(err) => tracing::warn!(error = %crate::error_chain(&err), "reconcile failed; trying again at the next check"),
+                        Err(err) => tracing::warn!(error = %crate::error::chain(&err), "reconcile failed; trying again at the next check"),
                     }
                 }
                 Some(query) = self.queries.recv() => self.tracker.answer(query),
@@ -701,14 +701,14 @@ impl EventLoop {
                 () = tick(byte_passes.as_mut()), if pending_bytes.is_none() => {
                     match self.snapshotter.request(self.scope, Pass::Bytes) {
                         Ok(rx) => pending_bytes = Some((rx, self.tracker.now())),
-                        Err(err) => tracing::warn!(error = %crate::error_chain(&err), "counting the bytes of open connections skipped"),
+                        Err(err) => tracing::warn!(error = %crate::error::chain(&err), "counting the bytes of open connections skipped"),
                     }
                 }
                 taken = wait(pending_bytes.as_mut().map(|p| &mut p.0)), if pending_bytes.is_some() => {
                     let Some((_, began)) = pending_bytes.take() else { continue };
                     match taken {
                         Ok(Ok(snap)) => self.tracker.account(&snap, began),
-                        Ok(Err(err)) => tracing::warn!(error = %crate::error_chain(&err), "counting the bytes of open connections failed; trying again at the next interval"),
+                        Ok(Err(err)) => tracing::warn!(error = %crate::error::chain(&err), "counting the bytes of open connections failed; trying again at the next interval"),
                         Err(_) => tracing::warn!("the snapshot thread stopped; the bytes of open connections are counted when they close"),
                     }
                 }

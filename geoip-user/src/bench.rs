@@ -177,8 +177,11 @@ pub fn pipeline(
 ) -> Result<PipelineReport, String> {
     let geo = crate::geo::Geo::open(database).map_err(|e| e.to_string())?;
     let metrics = crate::metrics::Metrics::new(false).map_err(|e| e.to_string())?;
-    let mut tracker =
-        crate::table::Tracker::new(crate::filter::Exclusions::new(&[]), geo, metrics.recorder());
+    let mut tracker = crate::table::Tracker::new(
+        crate::exclude::Exclusions::new(&[]),
+        geo,
+        metrics.recorder(),
+    );
     let mut counted = 0;
     let started = std::time::Instant::now();
     for record in records {
@@ -277,7 +280,7 @@ fn compare(
     distinct: usize,
 ) -> Comparison {
     use crate::geo::Country;
-    let canonical: Vec<u128> = addrs.iter().map(|a| crate::filter::canonical(*a)).collect();
+    let canonical: Vec<u128> = addrs.iter().map(|a| crate::conn::canonical(*a)).collect();
     let per = |t: std::time::Instant, n: usize| t.elapsed().as_secs_f64() * 1e9 / n.max(1) as f64;
 
     let t = std::time::Instant::now();

@@ -22,7 +22,9 @@ use clap::Parser as _;
 use crate::{
     app::{self, AppError},
     btf::{Btf, VMLINUX},
-    caps::{self, CAP_BPF, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE},
+    capabilities::{
+        self, CAP_BPF, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE,
+    },
     cli::{Args, Label},
     geo::{DatabaseInfo, Databases, Records},
     probe, tracefs,
@@ -167,7 +169,7 @@ pub(crate) fn run(args: Args, service: bool) -> ExitCode {
     report.result("kernel", kernel());
     report.result("BTF", btf(args.bytes));
     report.result("tracepoint", tracepoint());
-    let sets = caps::current().ok();
+    let sets = capabilities::current().ok();
     let capabilities = capabilities(sets.as_ref());
     let can_load = capabilities.is_ok();
     report.result("capabilities", capabilities);
@@ -189,7 +191,7 @@ pub(crate) fn run(args: Args, service: bool) -> ExitCode {
             Some(databases)
         }
         Err(err) => {
-            report.line(Status::Failed, "database", crate::error_chain(&err));
+            report.line(Status::Failed, "database", crate::error::chain(&err));
             None
         }
     };
@@ -208,7 +210,7 @@ pub(crate) fn run(args: Args, service: bool) -> ExitCode {
                         ),
                     )
                 })
-                .map_err(|err| crate::error_chain(&err)),
+                .map_err(|err| crate::error::chain(&err)),
         );
     }
     report.result("listen address", listen(&args));
@@ -246,7 +248,7 @@ fn start(args: Args, databases: Databases, report: &mut Report) {
     let started = match app::start(&args, databases) {
         Ok(started) => started,
         Err(err) => {
-            report.line(Status::Failed, "kernel program", crate::error_chain(&err));
+            report.line(Status::Failed, "kernel program", crate::error::chain(&err));
             report.line(Status::Skipped, "connections", "needs the kernel program");
             return;
         }
@@ -272,7 +274,7 @@ fn start(args: Args, databases: Databases, report: &mut Report) {
             ),
         ),
         Ok(None) => report.line(Status::Failed, "connections", "the start-up did not finish"),
-        Err(err) => report.line(Status::Failed, "connections", crate::error_chain(&err)),
+        Err(err) => report.line(Status::Failed, "connections", crate::error::chain(&err)),
     }
 }
 
@@ -362,7 +364,7 @@ fn btf(bytes: bool) -> Result<(Status, String), String> {
 
 fn tracepoint() -> Result<(Status, String), String> {
     let path = tracefs::format_path().map_err(|err| err.to_string())?;
-    tracefs::read_layout().map_err(|err| crate::error_chain(&err))?;
+    tracefs::read_layout().map_err(|err| crate::error::chain(&err))?;
     Ok((
         Status::Ok,
         format!(
@@ -374,7 +376,7 @@ fn tracepoint() -> Result<(Status, String), String> {
 
 /// The capabilities loading needs (the verdict is the start-up's own,
 /// [`probe::check_capabilities`]), and those this process holds.
-fn capabilities(sets: Option<&caps::Sets>) -> Result<(Status, String), String> {
+fn capabilities(sets: Option<&capabilities::Sets>) -> Result<(Status, String), String> {
     let Some(sets) = sets else {
         return Ok((
             Status::Warn,
@@ -382,11 +384,11 @@ fn capabilities(sets: Option<&caps::Sets>) -> Result<(Status, String), String> {
                 .to_owned(),
         ));
     };
-    let relevant = caps::bit(CAP_BPF)
-        | caps::bit(CAP_PERFMON)
-        | caps::bit(CAP_DAC_READ_SEARCH)
-        | caps::bit(CAP_SYS_ADMIN)
-        | caps::bit(CAP_SYS_PTRACE);
+    let relevant = capabilities::bit(CAP_BPF)
+        | capabilities::bit(CAP_PERFMON)
+        | capabilities::bit(CAP_DAC_READ_SEARCH)
+        | capabilities::bit(CAP_SYS_ADMIN)
+        | capabilities::bit(CAP_SYS_PTRACE);
     // SAFETY: geteuid has no preconditions.
     let who = if unsafe { libc::geteuid() } == 0 {
         "root"
@@ -398,7 +400,7 @@ fn capabilities(sets: Option<&caps::Sets>) -> Result<(Status, String), String> {
             Status::Ok,
             format!(
                 "{who}, effective: {}",
-                caps::names(sets.effective & relevant).join(" ")
+                capabilities::names(sets.effective & relevant).join(" ")
             ),
         )),
         Err(err) => Err(format!(
@@ -408,12 +410,12 @@ fn capabilities(sets: Option<&caps::Sets>) -> Result<(Status, String), String> {
 }
 
 /// What the missing optional capabilities cost, if any are missing.
-fn namespace_capabilities(args: &Args, sets: Option<&caps::Sets>) -> Option<String> {
+fn namespace_capabilities(args: &Args, sets: Option<&capabilities::Sets>) -> Option<String> {
     let sets = sets?;
-    let mut wanted = caps::bit(CAP_SYS_ADMIN) | caps::bit(CAP_SYS_PTRACE);
+    let mut wanted = capabilities::bit(CAP_SYS_ADMIN) | capabilities::bit(CAP_SYS_PTRACE);
     let service = args.labels.contains(&Label::Service);
     if service {
-        wanted |= caps::bit(CAP_DAC_READ_SEARCH);
+        wanted |= capabilities::bit(CAP_DAC_READ_SEARCH);
     }
     let missing = wanted & !sets.permitted;
     if missing == 0 {
@@ -421,7 +423,7 @@ fn namespace_capabilities(args: &Args, sets: Option<&caps::Sets>) -> Option<Stri
     }
     Some(format!(
         "without {}: connections in other network namespaces (containers) are counted from events alone{}; add them to read every namespace",
-        caps::names(missing).join(" and "),
+        capabilities::names(missing).join(" and "),
         if service {
             ", and outbound ones open before start-up stay service=\"unknown\""
         } else {

@@ -10,7 +10,7 @@ use std::{
 use clap::{Parser, ValueEnum};
 use geoip_common::DEFAULT_RING_BYTES;
 
-use crate::filter::{BUILTIN, Cidr};
+use crate::exclude::{BUILTIN, Cidr};
 
 /// `VERSION (commit C, built YYYY-MM-DD)`, from the build script.
 macro_rules! version_line {

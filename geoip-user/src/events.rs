@@ -8,54 +8,7 @@ use geoip_common::{
     address_bytes,
 };
 
-use crate::filter::{canonical, from_canonical};
-
-/// Who opened the connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) enum Direction {
-    /// The remote end connected to this machine.
-    Inbound,
-    /// This machine connected to the remote end.
-    Outbound,
-}
-
-impl Direction {
-    /// The `direction` label value.
-    pub(crate) const fn as_str(self) -> &'static str {
-        match self {
-            Self::Inbound => "inbound",
-            Self::Outbound => "outbound",
-        }
-    }
-}
-
-/// A TCP connection's identity: local and remote address (canonical form,
-/// see [`canonical`]) and port, and its network namespace. Unique among
-/// ESTABLISHED sockets of the host (two containers may well hold the same
-/// 4-tuple), and the same whether it came from the kernel program or from
-/// `sock_diag`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct ConnKey {
-    pub(crate) local: u128,
-    pub(crate) remote: u128,
-    pub(crate) local_port: u16,
-    pub(crate) remote_port: u16,
-    /// Inode number of the network namespace (0: not told apart).
-    pub(crate) netns: u32,
-}
-
-impl std::fmt::Debug for ConnKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let show = |a: u128, p: u16| std::net::SocketAddr::new(from_canonical(a), p);
-        write!(
-            f,
-            "{} -> {} (netns {})",
-            show(self.local, self.local_port),
-            show(self.remote, self.remote_port),
-            self.netns
-        )
-    }
-}
+use crate::conn::{Comm, ConnKey, Counters, Direction, canonical};
 
 /// What happened to a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,33 +18,6 @@ pub(crate) enum Change {
     /// A connection that had left ESTABLISHED reached CLOSE: the bytes of
     /// its closing handshake (with `--bytes` only).
     Final,
-}
-
-/// A process name (`comm`), NUL-padded as the kernel keeps it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Comm(pub(crate) [u8; 16]);
-
-impl Comm {
-    /// The name, up to its first NUL; `None` when empty.
-    pub(crate) fn name(&self) -> Option<String> {
-        let len = self.0.iter().position(|b| *b == 0).unwrap_or(self.0.len());
-        (len > 0).then(|| String::from_utf8_lossy(&self.0[..len]).into_owned())
-    }
-}
-
-impl std::fmt::Debug for Comm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", self.name())
-    }
-}
-
-/// A socket's byte counters, FINs taken out: `received` is the payload
-/// received; `acked` the payload the peer acknowledged, still counting an
-/// outbound connection's SYN (only the table knows the direction).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Counters {
-    pub(crate) received: u64,
-    pub(crate) acked: u64,
 }
 
 /// What the opt-in kernel features add to an event (all empty without).
@@ -198,7 +124,7 @@ mod tests {
     use geoip_common::{DIRECTION_UNKNOWN, address_words, classify, tcp_state};
 
     use super::*;
-    use crate::filter::ip;
+    use crate::conn::ip;
 
     fn raw(family: u16, s: [u8; 16], d: [u8; 16], old: i32, new: i32) -> Option<ConnEvent> {
         let (kind, direction) = classify(old, new)?;

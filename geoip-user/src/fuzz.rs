@@ -4,7 +4,7 @@
 
 use std::{net::IpAddr, path::Path};
 
-use crate::{btf::Btf, cli, events, filter, geo::Geo, snapshot, tracefs, webconfig};
+use crate::{btf::Btf, cli, events, exclude, geo::Geo, snapshot, tracefs, webconfig};
 
 /// A ring-buffer record from the kernel.
 pub fn event_record(data: &[u8]) {
@@ -17,8 +17,8 @@ pub fn exclude_list(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let cidrs: Vec<filter::Cidr> = text.split(',').filter_map(|c| c.parse().ok()).collect();
-    let exclusions = filter::Exclusions::new(&cidrs);
+    let cidrs: Vec<exclude::Cidr> = text.split(',').filter_map(|c| c.parse().ok()).collect();
+    let exclusions = exclude::Exclusions::new(&cidrs);
     for chunk in data.chunks(16) {
         let mut bytes = [0u8; 16];
         bytes[..chunk.len()].copy_from_slice(chunk);

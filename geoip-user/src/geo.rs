@@ -316,11 +316,11 @@ impl Geo {
     /// answer (or is IPv4-only and `addr` is IPv6).
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn lookup(&self, addr: IpAddr) -> Result<Country, LookupError> {
-        self.lookup_canonical(crate::filter::canonical(addr))
+        self.lookup_canonical(crate::conn::canonical(addr))
     }
 
     /// [`Self::lookup`] of an address in the form of
-    /// [`crate::filter::canonical`] (IPv4 as `::ffff:a.b.c.d`).
+    /// [`crate::conn::canonical`] (IPv4 as `::ffff:a.b.c.d`).
     #[inline]
     pub(crate) fn lookup_canonical(&self, addr: u128) -> Result<Country, LookupError> {
         let country = if addr >> 32 == 0xffff {
@@ -334,7 +334,7 @@ impl Geo {
         };
         if country == DAMAGED {
             return Err(LookupError {
-                addr: crate::filter::from_canonical(addr),
+                addr: crate::conn::from_canonical(addr),
             });
         }
         Ok(country)

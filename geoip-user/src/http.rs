@@ -582,10 +582,10 @@ mod tests {
         let mut r = s.metrics.recorder();
         let de = Country::from_code("DE");
         let jp = Country::from_code("JP");
-        r.opened(de, crate::events::Direction::Inbound, 0, String::new);
-        r.opened(jp, crate::events::Direction::Outbound, 0, String::new);
-        r.opened(jp, crate::events::Direction::Outbound, 0, String::new);
-        r.closed(de, crate::events::Direction::Inbound, 0, String::new);
+        r.opened(de, crate::conn::Direction::Inbound, 0, String::new);
+        r.opened(jp, crate::conn::Direction::Outbound, 0, String::new);
+        r.opened(jp, crate::conn::Direction::Outbound, 0, String::new);
+        r.closed(de, crate::conn::Direction::Inbound, 0, String::new);
         let (status, ctype, body) = get(router(s, "/m"), "/api/v1/countries").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(ctype, "application/json");
@@ -682,7 +682,7 @@ mod tests {
 
     #[tokio::test]
     async fn countries_api_filters_by_service_and_reports_bytes() {
-        use crate::events::Direction::{Inbound, Outbound};
+        use crate::conn::Direction::{Inbound, Outbound};
         let s = state_with(Wanted {
             service: true,
             bytes: true,

@@ -13,8 +13,8 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use crate::{
-    cap::{Capped, OTHER, Slot},
-    events::{Comm, Direction},
+    capped::{Capped, OTHER, Slot},
+    conn::{Comm, Direction},
     geo::{AsInfo, City, Country, Decode, Records},
     metrics::Recorder,
 };

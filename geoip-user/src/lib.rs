@@ -29,12 +29,14 @@ mod app;
 #[cfg(feature = "bench")]
 pub mod bench;
 mod btf;
-mod cap;
-mod caps;
+mod capabilities;
+mod capped;
 mod check;
 mod cli;
+mod conn;
+mod error;
 mod events;
-mod filter;
+mod exclude;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod geo;
@@ -121,19 +123,7 @@ pub fn main() -> ExitCode {
 
 /// `error: <what>` then one `caused by:` line per underlying cause.
 fn report(err: &dyn std::error::Error) {
-    eprintln!("geoip-exporter: error: {}", error_chain(err));
-}
-
-/// An error and its causes on one string, for the log.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str("\n  caused by: ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    eprintln!("geoip-exporter: error: {}", error::chain(err));
 }
 
 fn init_logging(level: cli::LogLevel) {

@@ -18,7 +18,8 @@
 //! not counted: its first reading is its baseline.
 
 use crate::{
-    events::{Counters, Direction, Extra},
+    conn::{Counters, Direction},
+    events::Extra,
     geo::Country,
     metrics::Recorder,
     table::{ByFingerprint, Fingerprint},

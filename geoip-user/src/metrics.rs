@@ -14,8 +14,8 @@ use prometheus::{
 };
 
 use crate::{
-    cap::Slot,
-    events::Direction,
+    capped::Slot,
+    conn::Direction,
     geo::{City, Country},
 };
 

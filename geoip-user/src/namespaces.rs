@@ -181,7 +181,7 @@ mod tests {
         // never left its namespace must still "return" without it.
         let home = File::open("/proc/thread-self/ns/net").unwrap();
         std::thread::spawn(move || {
-            crate::caps::restrict_thread(0).unwrap();
+            crate::capabilities::restrict_thread(0).unwrap();
             assert_eq!(
                 enter_file(&home).map_err(|e| e.raw_os_error()),
                 Err(Some(libc::EPERM)),

@@ -26,7 +26,7 @@ use std::{
     path::Path,
 };
 
-use crate::events::Comm;
+use crate::conn::Comm;
 
 /// What [`process_names`] found.
 #[derive(Debug, Default)]

@@ -21,7 +21,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
     btf::Btf,
-    caps::{self, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN},
+    capabilities::{self, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN},
     events::{DecodeError, Event, decode},
     tracefs::{self, TracefsError},
 };
@@ -70,15 +70,17 @@ pub(crate) enum ProbeError {
 /// Fail early, with what is missing, when the process cannot load the
 /// program: `CAP_SYS_ADMIN`, or `CAP_BPF` and `CAP_PERFMON`.
 pub(crate) fn check_capabilities() -> Result<(), ProbeError> {
-    let Ok(sets) = caps::current() else {
+    let Ok(sets) = capabilities::current() else {
         // Cannot tell: let the kernel decide and report.
         return Ok(());
     };
-    let has = |cap: u32| sets.effective & caps::bit(cap) != 0;
+    let has = |cap: u32| sets.effective & capabilities::bit(cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());
     }
-    let missing = caps::names((caps::bit(CAP_BPF) | caps::bit(CAP_PERFMON)) & !sets.effective);
+    let missing = capabilities::names(
+        (capabilities::bit(CAP_BPF) | capabilities::bit(CAP_PERFMON)) & !sets.effective,
+    );
     Err(ProbeError::Capabilities {
         missing: missing.join(" and "),
     })

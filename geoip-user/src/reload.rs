@@ -144,7 +144,7 @@ impl Reloader {
             }
             Ok(Err(err)) => {
                 self.metrics.database_reloaded(None);
-                tracing::error!(error = %crate::error_chain(&err), "reloading the GeoIP databases failed; still using the previous ones");
+                tracing::error!(error = %crate::error::chain(&err), "reloading the GeoIP databases failed; still using the previous ones");
             }
             Err(err) => {
                 self.metrics.database_reloaded(None);

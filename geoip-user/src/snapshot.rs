@@ -31,9 +31,9 @@ use bytemuck::{Pod, Zeroable};
 use geoip_common::{AF_INET, AF_INET6, IPPROTO_TCP, tcp_state};
 
 use crate::{
-    caps::{self, CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN, CAP_SYS_PTRACE},
-    events::{Comm, ConnKey, Counters, Direction},
-    filter::{Cidr, canonical},
+    capabilities::{self, CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN, CAP_SYS_PTRACE},
+    conn::{Comm, ConnKey, Counters, Direction, canonical},
+    exclude::Cidr,
     namespaces::{self, NetNs},
     owners,
 };
@@ -249,12 +249,12 @@ impl Snapshotter {
                 unsafe {
                     libc::setpriority(libc::PRIO_PROCESS, libc::gettid().cast_unsigned(), SNAPSHOT_NICE);
                 }
-                let keep = caps::bit(CAP_SYS_ADMIN) | caps::bit(CAP_SYS_PTRACE);
-                let search = if owners { caps::bit(CAP_DAC_READ_SEARCH) } else { 0 };
-                match caps::restrict_thread(keep | search) {
+                let keep = capabilities::bit(CAP_SYS_ADMIN) | capabilities::bit(CAP_SYS_PTRACE);
+                let search = if owners { capabilities::bit(CAP_DAC_READ_SEARCH) } else { 0 };
+                match capabilities::restrict_thread(keep | search) {
                     Ok(sets) if sets.permitted & keep != keep => {
                         tracing::warn!(
-                            missing = ?caps::names(keep & !sets.permitted),
+                            missing = ?capabilities::names(keep & !sets.permitted),
                             "without these capabilities only the exporter's own network namespace is snapshotted and reconciled; connections in other namespaces (containers) are counted from events alone"
                         );
                     }
@@ -269,7 +269,7 @@ impl Snapshotter {
                     } else {
                         let first = pass == Pass::Connections && std::mem::take(&mut owners);
                         let answer = take(scope, pass, &filter, first);
-                        if first && let Err(err) = caps::restrict_thread(keep) {
+                        if first && let Err(err) = capabilities::restrict_thread(keep) {
                             tracing::warn!(error = %err, "cannot drop CAP_DAC_READ_SEARCH from the snapshot thread");
                         }
                         // Back home for the next one, whatever happened
@@ -426,7 +426,7 @@ fn sockets(netns: u32, pass: Pass, filter: &Filter) -> Result<Vec<DiagSocket>, S
     }
     match dump(Dump::Both, netns, pass, filter) {
         Err(err) if refused(&err) => {
-            tracing::debug!(error = %crate::error_chain(&err), "the kernel refused one dump for both families; dumping each family");
+            tracing::debug!(error = %crate::error::chain(&err), "the kernel refused one dump for both families; dumping each family");
             ONE_DUMP_REFUSED.store(true, Ordering::Relaxed);
             per_family(netns, pass, filter)
         }
@@ -804,7 +804,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::filter::ip;
+    use crate::conn::ip;
 
     fn established(
         netns: u32,

@@ -8,8 +8,9 @@ use std::{
 };
 
 use crate::{
-    events::{Change, Comm, ConnKey, Direction, Event},
-    filter::{Exclusions, from_canonical},
+    conn::{Comm, ConnKey, Direction, from_canonical},
+    events::{Change, Event},
+    exclude::Exclusions,
     geo::{Country, Databases, Geo},
     labels::{AsnCount, Labels, Opening, Slots},
     measures::Measures,
@@ -558,7 +559,7 @@ mod tests {
     use geoip_tests::mmdb::{Value, Writer};
 
     use super::*;
-    use crate::{filter::ip, metrics::Metrics};
+    use crate::{conn::ip, metrics::Metrics};
 
     fn tracker(extra_exclusions: &[&str]) -> (Tracker, Metrics) {
         let dir = std::env::temp_dir().join(format!("geoip-table-{}", std::process::id()));

@@ -226,7 +226,7 @@ impl TlsReloader {
                     current.1 = Arc::new(config);
                 }
                 Err(err) => tracing::error!(
-                    error = %crate::error_chain(&err),
+                    error = %crate::error::chain(&err),
                     "TLS certificate files changed but cannot be used; still using the previous ones"
                 ),
             }
@@ -420,7 +420,7 @@ mod tests {
         ] {
             let p = write(&d, "web.yml", text);
             let err = WebConfig::load(&p).unwrap_err();
-            let shown = crate::error_chain(&err);
+            let shown = crate::error::chain(&err);
             assert!(shown.contains(needle), "{text}: {shown}");
             assert!(shown.contains("web.yml"), "{text}: names the file: {shown}");
         }
@@ -433,7 +433,7 @@ mod tests {
         assert!(config.tls.is_none());
         assert_eq!(config.users.len(), 1);
         let missing = WebConfig::load(&d.join("absent.yml")).unwrap_err();
-        assert!(crate::error_chain(&missing).contains("absent.yml"));
+        assert!(crate::error::chain(&missing).contains("absent.yml"));
     }
 
     #[test]

@@ -130,26 +130,6 @@ impl Cidr {
     }
 }
 
-/// An address as the exporter keys it: IPv4 and IPv4-mapped IPv6 both as
-/// `::ffff:a.b.c.d`, so the two spellings of one peer are one peer.
-#[must_use]
-pub(crate) fn canonical(addr: IpAddr) -> u128 {
-    match addr {
-        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
-        IpAddr::V6(a) => u128::from(a),
-    }
-}
-
-/// The address back from its canonical form (IPv4 when mapped).
-#[must_use]
-pub(crate) fn from_canonical(addr: u128) -> IpAddr {
-    let v6 = Ipv6Addr::from(addr);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    }
-}
-
 /// The built-in ranges plus the user's, checked in order.
 #[derive(Clone, Debug)]
 pub(crate) struct Exclusions {
@@ -182,15 +162,10 @@ impl Exclusions {
     }
 }
 
-/// For tests: an `IpAddr` literal in canonical form.
-#[cfg(test)]
-pub(crate) fn ip(s: &str) -> u128 {
-    canonical(s.parse().unwrap_or_else(|e| panic!("{s}: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::{canonical, from_canonical, ip};
 
     fn excl(extra: &[&str]) -> Exclusions {
         let extra: Vec<Cidr> = extra.iter().map(|c| c.parse().unwrap()).collect();
