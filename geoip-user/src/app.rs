@@ -20,7 +20,6 @@ use std::{
 
 use geoip_common::feature;
 use tokio::{
-    io::{Interest, unix::AsyncFd},
     net::TcpListener,
     sync::{mpsc, oneshot},
 };
@@ -29,14 +28,19 @@ use crate::{
     capabilities,
     check::Found,
     cli::{Args, Label},
-    events::{DecodeError, Event},
     exclude::Exclusions,
     geo::{Databases, OpenError, Records, Wants},
     http::{AppState, router, with_basic_auth},
+    kernel::{
+        events::{DecodeError, Event},
+        log,
+        losses::KernelLosses,
+        probe::{self, Probe, ProbeError},
+        ring::EventReader,
+    },
     labels::{Caps, Labels},
     measures::Measures,
     metrics::{Metrics, Wanted},
-    probe::{self, EventReader, Probe, ProbeError},
     reload::Reloader,
     server::{self, Limits, Transport},
     snapshot::{Pass, Scope, Snapshot, SnapshotError, Snapshotter},
@@ -231,7 +235,7 @@ pub(crate) async fn run(
         Box::new(move || missed.missed()),
     )?;
     if let Some(logger) = probe.logger {
-        forward_kernel_logs(logger);
+        log::forward(logger);
     }
     let scope = if probe.namespaces {
         Scope::All
@@ -480,7 +484,7 @@ struct EventLoop {
     geo_updates: mpsc::Receiver<Databases>,
     queries: mpsc::Receiver<Query>,
     /// The kernel's counts of events it could not hand over.
-    losses: Arc<probe::KernelLosses>,
+    losses: Arc<KernelLosses>,
     /// Ring-buffer records that could not be decoded (each may have been
     /// an event).
     undecodable: u64,
@@ -735,28 +739,6 @@ async fn wait(
         Some(rx) => rx.await,
         None => std::future::pending().await,
     }
-}
-
-fn forward_kernel_logs(logger: aya_log::EbpfLogger<probe::TracingLog>) {
-    // SAFETY: the logger owns its descriptor and neither replaces nor
-    // closes it while the AsyncFd holds it.
-    let logger = match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
-        Ok(fd) => fd,
-        Err(err) => {
-            tracing::debug!(error = %err, "cannot poll kernel program logs");
-            return;
-        }
-    };
-    let mut logger = logger;
-    tokio::spawn(async move {
-        loop {
-            let Ok(mut guard) = logger.readable_mut().await else {
-                return;
-            };
-            guard.get_inner_mut().flush();
-            guard.clear_ready();
-        }
-    });
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use aya::{Ebpf, EbpfLoader, programs::TracePoint};
 pub use geoip_common::{PROGRAM, PROGRAM_ANY_LAYOUT, PROGRAM_EMPTY};
 use geoip_common::{TRACEPOINT_CATEGORY, TRACEPOINT_NAME};
 
-use crate::probe::PROGRAM_OBJECT;
+use crate::kernel::probe::PROGRAM_OBJECT;
 
 /// The kernel's floor: an empty program (from the exporter's own object)
 /// attached to the exporter's tracepoint while it is loaded. Comparing its
@@ -43,7 +43,7 @@ pub fn attach_program(name: &str) -> Result<Ebpf, String> {
 /// # Errors
 /// Loading, verifying or attaching failed.
 pub fn attach_program_with(name: &str, features: u32) -> Result<Ebpf, String> {
-    let tcp = crate::btf::Btf::from_kernel()
+    let tcp = crate::kernel::btf::Btf::from_kernel()
         .and_then(|btf| btf.tcp_layout())
         .map_err(|e| format!("the kernel's BTF: {e}"))?;
     let mut ebpf = EbpfLoader::new()
@@ -185,7 +185,7 @@ pub fn pipeline(
     let mut counted = 0;
     let started = std::time::Instant::now();
     for record in records {
-        if let Ok(event) = crate::events::decode(record)
+        if let Ok(event) = crate::kernel::events::decode(record)
             && tracker.apply(&event) == crate::table::Outcome::Opened
         {
             counted += 1;

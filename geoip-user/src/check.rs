@@ -10,10 +10,9 @@
 //! service runs with, from [`SERVICE_DEFAULTS`], and says so.
 
 use std::{
-    ffi::{CStr, OsString},
+    ffi::OsString,
     fmt::{Display, Write as _},
     io,
-    os::fd::{FromRawFd as _, OwnedFd, RawFd},
     process::ExitCode,
 };
 
@@ -21,13 +20,16 @@ use clap::Parser as _;
 
 use crate::{
     app::{self, AppError},
-    btf::{Btf, VMLINUX},
     capabilities::{
         self, CAP_BPF, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE,
     },
     cli::{Args, Label},
     geo::{DatabaseInfo, Databases, Records},
-    probe, tracefs,
+    kernel::{
+        btf::{Btf, VMLINUX},
+        map_create, probe, tracefs,
+        version::{self, MIN_KERNEL},
+    },
     webconfig::WebConfig,
 };
 
@@ -36,10 +38,6 @@ pub(crate) const SERVICE_DEFAULTS: &str = "/etc/default/geoip-exporter";
 
 /// The variable of [`SERVICE_DEFAULTS`] that holds the flags.
 const ARGS_VARIABLE: &str = "GEOIP_EXPORTER_ARGS";
-
-/// The oldest kernel with everything the exporter uses (BPF ring buffers,
-/// `CAP_BPF`).
-const MIN_KERNEL: (u32, u32) = (5, 8);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Status {
@@ -286,9 +284,9 @@ pub(crate) struct Found {
 
 fn kernel() -> Result<(Status, String), String> {
     let release =
-        kernel_release().map_err(|err| format!("cannot read the kernel release: {err}"))?;
+        version::release().map_err(|err| format!("cannot read the kernel release: {err}"))?;
     let need = format!("{}.{} or later needed", MIN_KERNEL.0, MIN_KERNEL.1);
-    match parse_release(&release) {
+    match version::parse(&release) {
         Some(version) if version >= MIN_KERNEL => {
             Ok((Status::Ok, format!("Linux {release} ({need})")))
         }
@@ -302,27 +300,6 @@ fn kernel() -> Result<(Status, String), String> {
             ),
         )),
     }
-}
-
-/// `uname -r`.
-fn kernel_release() -> io::Result<String> {
-    // SAFETY: utsname is plain old data; uname fills it.
-    let mut name: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer to a utsname.
-    if unsafe { libc::uname(&raw mut name) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: uname NUL-terminates release within the array.
-    let release = unsafe { CStr::from_ptr(name.release.as_ptr()) };
-    Ok(release.to_string_lossy().into_owned())
-}
-
-/// `6.18.0-foo` -> (6, 18).
-fn parse_release(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some((major, minor))
 }
 
 fn btf(bytes: bool) -> Result<(Status, String), String> {
@@ -434,59 +411,14 @@ fn namespace_capabilities(args: &Args, sets: Option<&capabilities::Sets>) -> Opt
 
 /// Create (and free) a BPF ring buffer of `bytes`.
 fn ring_buffer(bytes: u32) -> Result<(Status, String), String> {
-    /// The first fields of `union bpf_attr` for `BPF_MAP_CREATE`; the
-    /// kernel zeroes the rest.
-    #[repr(C)]
-    struct MapCreate {
-        map_type: u32,
-        key_size: u32,
-        value_size: u32,
-        max_entries: u32,
-        map_flags: u32,
-    }
-    const BPF_MAP_CREATE: libc::c_long = 0;
-    const BPF_MAP_TYPE_RINGBUF: u32 = 27;
-    let attr = MapCreate {
-        map_type: BPF_MAP_TYPE_RINGBUF,
-        key_size: 0,
-        value_size: 0,
-        max_entries: bytes,
-        map_flags: 0,
-    };
-    let size = libc::c_uint::try_from(size_of::<MapCreate>()).unwrap_or(20);
-    // SAFETY: bpf(BPF_MAP_CREATE) with a valid attribute of `size` bytes.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, &raw const attr, size) };
-    if fd < 0 {
-        let err = io::Error::last_os_error();
-        let what = match err.raw_os_error() {
-            Some(libc::EINVAL) => format!(
-                "this kernel refused a BPF ring buffer of {bytes} bytes ({err}): ring buffers need Linux 5.8 or later"
-            ),
-            Some(libc::EPERM)
-                if kernel_release().ok().and_then(|r| parse_release(&r)) < Some((5, 11)) =>
-            {
-                format!(
-                    "not permitted to create a {bytes}-byte BPF map ({err}): before Linux 5.11 BPF maps count against the locked-memory limit; raise it (ulimit -l, LimitMEMLOCK= as the packaged unit does) or pass a smaller --ringbuf.size-bytes"
-                )
-            }
-            Some(libc::EPERM) => format!(
-                "not permitted to create a BPF map ({err}): see the capabilities; inside a container, the host must allow bpf(2)"
-            ),
-            Some(libc::ENOMEM) => format!(
-                "no memory for a {bytes}-byte ring buffer ({err}): before Linux 5.11 raise the locked-memory limit (LimitMEMLOCK=, ulimit -l), or pass a smaller --ringbuf.size-bytes"
-            ),
-            _ => format!("creating a {bytes}-byte BPF ring buffer failed: {err}"),
-        };
-        return Err(what);
-    }
-    if let Ok(fd) = RawFd::try_from(fd) {
-        // SAFETY: a new descriptor that nothing else owns; dropping closes it.
-        drop(unsafe { OwnedFd::from_raw_fd(fd) });
-    }
-    Ok((
-        Status::Ok,
-        format!("a {bytes}-byte BPF ring buffer was created (and freed)"),
-    ))
+    map_create::ring_buffer(bytes)
+        .map(|()| {
+            (
+                Status::Ok,
+                format!("a {bytes}-byte BPF ring buffer was created (and freed)"),
+            )
+        })
+        .map_err(|err| err.to_string())
 }
 
 /// Each database: path, type, build date; the country ranges.
@@ -585,15 +517,6 @@ fn listen(args: &Args) -> Result<(Status, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn release_versions() {
-        assert_eq!(parse_release("6.18.0-1-amd64"), Some((6, 18)));
-        assert_eq!(parse_release("5.8.0"), Some((5, 8)));
-        assert_eq!(parse_release("4.19"), Some((4, 19)));
-        assert_eq!(parse_release("weird"), None);
-        assert!((5, 10) >= MIN_KERNEL && (4, 19) < MIN_KERNEL && (6, 1) >= MIN_KERNEL);
-    }
 
     #[test]
     fn what_the_unit_would_refuse() {

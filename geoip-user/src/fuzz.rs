@@ -4,7 +4,12 @@
 
 use std::{net::IpAddr, path::Path};
 
-use crate::{btf::Btf, cli, events, exclude, geo::Geo, snapshot, tracefs, webconfig};
+use crate::{
+    cli, exclude,
+    geo::Geo,
+    kernel::{btf::Btf, events, tracefs},
+    snapshot, webconfig,
+};
 
 /// A ring-buffer record from the kernel.
 pub fn event_record(data: &[u8]) {

@@ -28,31 +28,28 @@
 mod app;
 #[cfg(feature = "bench")]
 pub mod bench;
-mod btf;
 mod capabilities;
 mod capped;
 mod check;
 mod cli;
 mod conn;
 mod error;
-mod events;
 mod exclude;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod geo;
 mod http;
+mod kernel;
 mod labels;
 mod measures;
 mod metrics;
 mod namespaces;
 mod owners;
 mod page;
-mod probe;
 mod reload;
 mod server;
 mod snapshot;
 mod table;
-mod tracefs;
 mod webconfig;
 
 use std::{io::IsTerminal as _, process::ExitCode};

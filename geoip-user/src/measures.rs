@@ -19,8 +19,8 @@
 
 use crate::{
     conn::{Counters, Direction},
-    events::Extra,
     geo::Country,
+    kernel::events::Extra,
     metrics::Recorder,
     table::{ByFingerprint, Fingerprint},
 };

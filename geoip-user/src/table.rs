@@ -9,9 +9,9 @@ use std::{
 
 use crate::{
     conn::{Comm, ConnKey, Direction, from_canonical},
-    events::{Change, Event},
     exclude::Exclusions,
     geo::{Country, Databases, Geo},
+    kernel::events::{Change, Event},
     labels::{AsnCount, Labels, Opening, Slots},
     measures::Measures,
     metrics::Recorder,
@@ -617,7 +617,7 @@ mod tests {
         Event {
             key: k,
             change: Change::Open(d),
-            extra: crate::events::Extra::default(),
+            extra: crate::kernel::events::Extra::default(),
         }
     }
 
@@ -625,7 +625,7 @@ mod tests {
         Event {
             key: k,
             change: Change::Close,
-            extra: crate::events::Extra::default(),
+            extra: crate::kernel::events::Extra::default(),
         }
     }
 
