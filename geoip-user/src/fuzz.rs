@@ -66,7 +66,7 @@ pub fn tracepoint_format(data: &[u8]) {
 /// A netlink `sock_diag` reply datagram.
 pub fn sock_diag_reply(data: &[u8]) {
     let mut sockets = Vec::new();
-    let _ = snapshot::parse_messages(data, "fuzz", 1, &mut sockets);
+    let _ = snapshot::sock_diag::parse_messages(data, "fuzz", 1, &mut sockets);
 }
 
 /// A database file: opened and flattened (every record decoded, the

@@ -43,8 +43,6 @@ mod kernel;
 mod labels;
 mod measures;
 mod metrics;
-mod namespaces;
-mod owners;
 mod page;
 mod reload;
 mod server;
