@@ -175,7 +175,7 @@ pub fn pipeline(
     database: &std::path::Path,
     records: &[[u8; 48]],
 ) -> Result<PipelineReport, String> {
-    let geo = crate::geo::Geo::open(database).map_err(|e| e.to_string())?;
+    let geo = crate::geo::CountryTable::open(database).map_err(|e| e.to_string())?;
     let metrics = crate::metrics::Metrics::new(false).map_err(|e| e.to_string())?;
     let mut tracker = crate::table::Tracker::new(
         crate::exclude::Exclusions::new(&[]),
@@ -274,7 +274,7 @@ fn address_sets(
 
 #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
 fn compare(
-    geo: &crate::geo::Geo,
+    geo: &crate::geo::CountryTable,
     reader: &maxminddb::Reader<Vec<u8>>,
     addrs: &[std::net::IpAddr],
     distinct: usize,
@@ -344,7 +344,7 @@ fn compare(
 /// The database cannot be opened.
 pub fn lookups(database: &std::path::Path, addresses: usize) -> Result<LookupReport, String> {
     let started = std::time::Instant::now();
-    let geo = crate::geo::Geo::open(database).map_err(|e| e.to_string())?;
+    let geo = crate::geo::CountryTable::open(database).map_err(|e| e.to_string())?;
     let open_seconds = started.elapsed().as_secs_f64();
     let reader = maxminddb::Reader::open_readfile(database).map_err(|e| e.to_string())?;
     let (cold, warm, pool) = address_sets(0x9e37_79b9_7f4a_7c15, addresses);

@@ -6,7 +6,7 @@ use std::{net::IpAddr, path::Path};
 
 use crate::{
     cli, exclude,
-    geo::Geo,
+    geo::CountryTable,
     kernel::{btf::Btf, events, tracefs},
     snapshot, webconfig,
 };
@@ -72,7 +72,7 @@ pub fn sock_diag_reply(data: &[u8]) {
 /// A database file: opened and flattened (every record decoded, the
 /// country in each layout it reads), then lookups in it.
 pub fn database(data: &[u8]) {
-    let Ok(geo) = Geo::from_bytes(data.to_vec(), Path::new("/fuzz/db.mmdb")) else {
+    let Ok(geo) = CountryTable::from_bytes(data.to_vec(), Path::new("/fuzz/db.mmdb")) else {
         return;
     };
     for addr in [

@@ -10,7 +10,7 @@ use std::{
 use crate::{
     conn::{Comm, ConnKey, Direction, from_canonical},
     exclude::Exclusions,
-    geo::{Country, Databases, Geo},
+    geo::{Country, CountryTable, Databases},
     kernel::events::{Change, Event},
     labels::{AsnCount, Labels, Opening, Slots},
     measures::Measures,
@@ -149,7 +149,7 @@ pub(crate) struct Tracker {
     /// Durations and bytes (`--metrics.duration`, `--metrics.bytes`).
     measures: Measures,
     exclusions: Exclusions,
-    geo: Geo,
+    geo: CountryTable,
     recorder: Recorder,
     /// While a snapshot is being taken: the connections events changed
     /// meanwhile (the events know better than the snapshot about them).
@@ -160,7 +160,7 @@ pub(crate) struct Tracker {
 }
 
 impl Tracker {
-    pub(crate) fn new(exclusions: Exclusions, geo: Geo, recorder: Recorder) -> Self {
+    pub(crate) fn new(exclusions: Exclusions, geo: CountryTable, recorder: Recorder) -> Self {
         Self {
             conns: ByFingerprint::default(),
             keys: RandomState::new(),
@@ -213,7 +213,7 @@ impl Tracker {
     /// under, so that each close uncounts exactly what its open counted.
     /// Returns the old country database (the others are dropped here: the
     /// caller frees the big one off this task).
-    pub(crate) fn replace_databases(&mut self, dbs: Databases) -> Geo {
+    pub(crate) fn replace_databases(&mut self, dbs: Databases) -> CountryTable {
         if let Some((labels, _)) = &mut self.labels {
             labels.replace(dbs.asn, dbs.city);
         }
@@ -578,7 +578,7 @@ mod tests {
         let metrics = Metrics::new(false).unwrap();
         let t = Tracker::new(
             Exclusions::new(&extra),
-            Geo::open(&path).unwrap(),
+            CountryTable::open(&path).unwrap(),
             metrics.recorder(),
         )
         .keeping_addresses();

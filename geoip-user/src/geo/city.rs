@@ -16,12 +16,13 @@ use std::{
 };
 
 use maxminddb::{LookupResult, MaxMindDbError};
-use serde::{
-    Deserialize, Deserializer,
-    de::{IgnoredAny, MapAccess, Visitor},
-};
+use serde::{Deserialize, Deserializer, de::Visitor};
 
-use super::{Country, records::Decode};
+use super::{
+    country::{Country, decode_country},
+    field::MapOrText,
+    records::Decode,
+};
 
 /// A city: its country, English name and coordinates. Two are the same
 /// city when their country and name are.
@@ -59,7 +60,7 @@ struct Location {
 #[derive(Deserialize)]
 struct Record<'a> {
     #[serde(default, borrow)]
-    city: Option<CityName<'a>>,
+    city: Option<MapOrText<'a, CityNames<'a>>>,
     #[serde(default)]
     location: Option<Location>,
     #[serde(default)]
@@ -95,39 +96,12 @@ impl<'de> Deserialize<'de> for Degrees {
     }
 }
 
-/// `{"names": {"en": "Berlin"}}`, or the name as a plain string.
-#[derive(Default)]
-struct CityName<'a>(Option<&'a str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for CityName<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct NameVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for NameVisitor<'a> {
-            type Value = CityName<'a>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a city map or a city name")
-            }
-
-            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Self::Value, E> {
-                Ok(CityName(Some(name)))
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut name = None;
-                while let Some(key) = map.next_key::<&'de str>()? {
-                    if key == "names" {
-                        let names: Names<'de> = map.next_value()?;
-                        name = names.en;
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(CityName(name))
-            }
-        }
-        deserializer.deserialize_any(NameVisitor(std::marker::PhantomData))
-    }
+/// `{"names": {"en": "Berlin"}}` (the name as plain text is the other
+/// spelling of [`MapOrText`]).
+#[derive(Deserialize)]
+struct CityNames<'a> {
+    #[serde(default, borrow)]
+    names: Option<Names<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -143,11 +117,16 @@ impl Decode for City {
         let Some(r) = result.decode::<Record<'_>>()? else {
             return Ok(None);
         };
-        let Some(name) = r.city.and_then(|c| c.0).filter(|n| !n.is_empty()) else {
+        let name = match r.city {
+            Some(MapOrText::Text(name)) => name,
+            Some(MapOrText::Map(c)) => c.names.and_then(|n| n.en),
+            None => None,
+        };
+        let Some(name) = name.filter(|n| !n.is_empty()) else {
             return Ok(None);
         };
         let location = r.location.unwrap_or_default();
-        let country = super::decode_country(result)?;
+        let country = decode_country(result)?;
         Ok(Some(Self {
             country,
             name: Arc::from(name),

@@ -22,7 +22,13 @@ use std::path::{Path, PathBuf};
 
 use maxminddb::Reader;
 
-use super::{AsInfo, City, DatabaseInfo, Geo, OpenError, Records, records::Decode};
+use super::{
+    asn::AsInfo,
+    city::City,
+    country_table::CountryTable,
+    file::{DatabaseInfo, OpenError, read},
+    records::{Decode, Records},
+};
 
 /// What the exporter needs besides countries (`--labels`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,7 +40,7 @@ pub(crate) struct Wants {
 /// The open databases: countries always, AS numbers and cities when
 /// wanted.
 pub(crate) struct Databases {
-    pub(crate) country: Geo,
+    pub(crate) country: CountryTable,
     pub(crate) asn: Option<Records<AsInfo>>,
     pub(crate) city: Option<Records<City>>,
 }
@@ -115,7 +121,7 @@ impl Databases {
     pub(crate) fn open(paths: &[PathBuf], wants: Wants) -> Result<Self, OpenError> {
         let mut opened: Vec<Opened> = Vec::with_capacity(paths.len());
         for path in paths {
-            let reader = super::read(path)?;
+            let reader = read(path)?;
             let kind = Kind::of(&reader.metadata().database_type);
             if let Some(same) = opened.iter_mut().find(|o| o.kind == kind) {
                 if !same.pair(path, reader) {
@@ -154,7 +160,7 @@ impl Databases {
                 examples: "GeoLite2-Country, DB-IP Country lite",
             });
         };
-        let mut country = Geo::from_reader(&first.reader, &first.path)?;
+        let mut country = CountryTable::from_reader(&first.reader, &first.path)?;
         if let Some((path, reader)) = &first.ipv6 {
             country = country.with_ipv6(reader, path)?;
         }
@@ -217,8 +223,8 @@ fn checked<T: Decode>(
         (o.path, o.reader, o.ipv6)
     } else {
         let (path, ipv6) = sources.get(i).cloned().unwrap_or_default();
-        let reader = super::read(&path)?;
-        let ipv6 = ipv6.map(|p| super::read(&p).map(|r| (p, r))).transpose()?;
+        let reader = read(&path)?;
+        let ipv6 = ipv6.map(|p| read(&p).map(|r| (p, r))).transpose()?;
         (path, reader, ipv6)
     };
     let records = answering::<T>(path, reader)?;

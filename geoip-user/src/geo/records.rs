@@ -10,7 +10,7 @@ use std::{collections::HashMap, hash::Hash, net::IpAddr};
 
 use maxminddb::{LookupResult, MaxMindDbError, Reader};
 
-use super::{DatabaseInfo, LookupError};
+use super::file::{DatabaseInfo, LookupError};
 
 /// What a [`Records`] database answers, decoded from one record.
 pub(crate) trait Decode: Clone + Eq + Hash + Sized {

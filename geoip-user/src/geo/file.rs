@@ -1,0 +1,129 @@
+//! Opening one database file: read it whole, check that it is a MaxMind
+//! DB, and say what it is; and the errors of opening and looking up.
+
+use std::{
+    io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use maxminddb::{MaxMindDbError, Reader};
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    #[error(
+        "cannot open GeoIP database {}: no such file; get one (DB-IP Lite or geoipupdate: /etc/default/geoip-exporter and the README's \"Get a database\" say how; `cargo xtask fetch-db` in a source tree) or pass --geoip.database PATH",
+        path.display()
+    )]
+    NotFound { path: PathBuf },
+    #[error("cannot read GeoIP database {}; check the path and its permissions", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "GeoIP database {} is empty (0 bytes); download it again (`cargo xtask fetch-db`) or pass another --geoip.database",
+        path.display()
+    )]
+    Empty { path: PathBuf },
+    #[error(
+        "GeoIP database {} is not a MaxMind DB (.mmdb) file or is damaged (truncated?); download it again or pass another --geoip.database",
+        path.display()
+    )]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: MaxMindDbError,
+    },
+    #[error(
+        "GeoIP database {} (type {database_type:?}) has no country data in any of its networks ({checked} read); it looks like an ASN or other non-location database. Use a Country or City database (GeoLite2/GeoIP2 Country or City, DB-IP lite, ip-location-db), e.g. from `cargo xtask fetch-db`",
+        path.display()
+    )]
+    NoCountry {
+        path: PathBuf,
+        database_type: String,
+        checked: usize,
+    },
+    #[error(
+        "two {what} databases given, {} and {}; pass one of them to --geoip.database (two of one kind only as an IPv4-only file and an IPv6 one)",
+        first.display(),
+        second.display()
+    )]
+    Duplicate {
+        what: &'static str,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error(
+        "--labels {label} needs {what}; pass one with another --geoip.database (e.g. {examples})"
+    )]
+    Missing {
+        label: &'static str,
+        what: &'static str,
+        examples: &'static str,
+    },
+    #[error(
+        "GeoIP database {} (type {database_type:?}) has no {what} in any of its first networks; it is not the {what} database it is used as",
+        path.display()
+    )]
+    NoAnswers {
+        path: PathBuf,
+        database_type: String,
+        what: &'static str,
+    },
+}
+
+/// What the exporter tells about the database it uses.
+#[derive(Clone, Debug)]
+pub(crate) struct DatabaseInfo {
+    pub(crate) path: PathBuf,
+    pub(crate) database_type: String,
+    pub(crate) build_epoch: u64,
+    pub(crate) ip_version: u16,
+}
+
+impl DatabaseInfo {
+    pub(crate) fn of(reader: &Reader<Vec<u8>>, path: &Path) -> Self {
+        let meta = reader.metadata();
+        Self {
+            path: path.to_owned(),
+            database_type: meta.database_type.clone(),
+            build_epoch: meta.build_epoch,
+            ip_version: meta.ip_version,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the database record for {addr} could not be decoded (damaged database?)")]
+pub(crate) struct LookupError {
+    pub(super) addr: IpAddr,
+}
+
+/// Read the database file at `path` whole and check it is a MaxMind DB.
+pub(super) fn read(path: &Path) -> Result<Reader<Vec<u8>>, OpenError> {
+    let bytes = std::fs::read(path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => OpenError::NotFound {
+            path: path.to_owned(),
+        },
+        _ => OpenError::Unreadable {
+            path: path.to_owned(),
+            source,
+        },
+    })?;
+    check(bytes, path)
+}
+
+/// Check that `bytes`, read from `path`, are a MaxMind DB.
+pub(super) fn check(bytes: Vec<u8>, path: &Path) -> Result<Reader<Vec<u8>>, OpenError> {
+    if bytes.is_empty() {
+        return Err(OpenError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    Reader::from_source(bytes).map_err(|source| OpenError::Invalid {
+        path: path.to_owned(),
+        source,
+    })
+}
