@@ -40,7 +40,7 @@ use crate::{
     },
     labels::{Caps, Labels},
     measures::Measures,
-    metrics::{Metrics, Wanted},
+    metrics::{Metrics, MetricsError, Wanted},
     reload::Reloader,
     server::{self, Limits, Transport},
     snapshot::{Pass, Scope, Snapshot, SnapshotError, Snapshotter},
@@ -73,7 +73,7 @@ pub(crate) enum AppError {
     #[error("enumerating the connections that already exist failed")]
     Snapshot(#[from] SnapshotError),
     #[error("setting up metrics failed")]
-    Metrics(#[from] prometheus::Error),
+    Metrics(#[from] MetricsError),
     #[error("serving HTTP failed")]
     Serve(#[source] io::Error),
     #[error("starting the event thread failed")]

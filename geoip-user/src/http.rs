@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     geo::{Country, DatabaseInfo},
     labels::AsnCount,
-    metrics::{CountryCounts, Metrics, Wanted},
+    metrics::{CountryCounts, Metrics, MetricsError, TEXT_FORMAT, Wanted},
     page,
     table::Query,
     webconfig::BasicAuth,
@@ -72,7 +72,7 @@ pub(crate) struct SharedRender {
 }
 
 impl SharedRender {
-    fn render(&self, metrics: &Metrics) -> Result<axum::body::Bytes, prometheus::Error> {
+    fn render(&self, metrics: &Metrics) -> Result<axum::body::Bytes, MetricsError> {
         // A poisoned lock only means a rendering panicked: render anew.
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((at, body)) = last.as_ref()
@@ -352,7 +352,7 @@ async fn asns(State(state): State<AppState>, RawQuery(query): RawQuery) -> Respo
 
 async fn metrics(State(state): State<AppState>) -> Response {
     match state.scrapes.render(&state.metrics) {
-        Ok(body) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
+        Ok(body) => ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response(),
         Err(err) => {
             tracing::error!(error = %err, "rendering metrics failed");
             (
