@@ -38,13 +38,11 @@ use crate::{
         probe::{self, Probe, ProbeError},
         ring::EventReader,
     },
-    labels::{Caps, Labels},
-    measures::Measures,
     metrics::{Metrics, MetricsError, Wanted},
     reload::Reloader,
     server::{self, Limits, Transport},
     snapshot::{Pass, Scope, Snapshot, SnapshotError, Snapshotter},
-    table::{Query, SyncKind, SyncReport, Tracker},
+    table::{LabelLimits, Labels, Measures, Query, SyncKind, SyncReport, Tracker},
     webconfig::{BasicAuth, WebConfig, WebConfigError},
 };
 
@@ -336,7 +334,7 @@ fn tracker(args: &Args, databases: Databases) -> Result<(Tracker, Metrics), AppE
             bytes: args.bytes,
         },
     )?;
-    let caps = Caps {
+    let limits = LabelLimits {
         service: args.service_limit,
         asn: args.asn_limit,
         city: args.city_limit,
@@ -346,7 +344,7 @@ fn tracker(args: &Args, databases: Databases) -> Result<(Tracker, Metrics), AppE
             args.labels.contains(&Label::Service),
             asn,
             city,
-            caps,
+            limits,
         ))
         .with_measures(Measures::new(args.duration, args.bytes));
     if args.connections_api {

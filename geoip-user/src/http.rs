@@ -26,10 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     geo::{Country, DatabaseInfo},
-    labels::AsnCount,
     metrics::{CountryCounts, Metrics, MetricsError, TEXT_FORMAT, Wanted},
     page,
-    table::Query,
+    table::{AsnCount, Query},
     webconfig::BasicAuth,
 };
 

@@ -40,8 +40,6 @@ pub mod fuzz;
 mod geo;
 mod http;
 mod kernel;
-mod labels;
-mod measures;
 mod metrics;
 mod page;
 mod reload;

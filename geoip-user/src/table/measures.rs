@@ -17,12 +17,12 @@
 //! carried before the exporter first saw it (it existed at start-up) are
 //! not counted: its first reading is its baseline.
 
+use super::fingerprint::{ByFingerprint, Fingerprint};
 use crate::{
     conn::{Counters, Direction},
     geo::Country,
     kernel::events::Extra,
     metrics::Recorder,
-    table::{ByFingerprint, Fingerprint},
 };
 
 /// A connection that left ESTABLISHED, waiting for its socket to reach
