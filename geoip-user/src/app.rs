@@ -30,7 +30,6 @@ use crate::{
     cli::{Args, Label},
     exclude::Exclusions,
     geo::{Databases, OpenError, Records, Wants},
-    http::{AppState, router, with_basic_auth},
     kernel::{
         events::{DecodeError, Event},
         log,
@@ -40,10 +39,12 @@ use crate::{
     },
     metrics::{Metrics, MetricsError, Wanted},
     reload::Reloader,
-    server::{self, Limits, Transport},
     snapshot::{Pass, Scope, Snapshot, SnapshotError, Snapshotter},
     table::{LabelLimits, Labels, Measures, Query, SyncKind, SyncReport, Tracker},
-    webconfig::{BasicAuth, WebConfig, WebConfigError},
+    web::{
+        self, AppState, BasicAuth, Limits, Transport, WebConfig, WebConfigError, router,
+        with_basic_auth,
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -312,7 +313,7 @@ pub(crate) async fn run(
     if !users.is_empty() {
         app = with_basic_auth(app, Arc::new(BasicAuth::new(users)));
     }
-    let served = server::serve(listener, app, limits(&args), transport, metrics, shutdown).await;
+    let served = web::serve(listener, app, limits(&args), transport, metrics, shutdown).await;
     tracing::info!("shutting down: detaching the kernel program");
     reloader.abort();
     drop(stop_tx);

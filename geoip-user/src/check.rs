@@ -30,7 +30,7 @@ use crate::{
         map_create, probe, tracefs,
         version::{self, MIN_KERNEL},
     },
-    webconfig::WebConfig,
+    web::WebConfig,
 };
 
 /// Where the packaged service's flags live (`EnvironmentFile=` of the unit).

@@ -8,7 +8,7 @@ use crate::{
     cli, exclude,
     geo::CountryTable,
     kernel::{btf::Btf, events, tracefs},
-    snapshot, webconfig,
+    snapshot, web,
 };
 
 /// A ring-buffer record from the kernel.
@@ -45,7 +45,7 @@ pub fn web_config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = webconfig::parse(Path::new("/fuzz/web.yml"), text);
+    let _ = web::parse_config(Path::new("/fuzz/web.yml"), text);
 }
 
 /// The kernel's BTF, and the member lookups made in it.

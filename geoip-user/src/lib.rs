@@ -38,15 +38,12 @@ mod exclude;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod geo;
-mod http;
 mod kernel;
 mod metrics;
-mod page;
 mod reload;
-mod server;
 mod snapshot;
 mod table;
-mod webconfig;
+mod web;
 
 use std::{io::IsTerminal as _, process::ExitCode};
 

@@ -29,8 +29,8 @@ use tokio::{
 
 use crate::{
     geo::{Databases, Wants},
-    http::AppState,
     metrics::Metrics,
+    web::AppState,
 };
 
 /// Quiet time after the last change in the directory before the file is

@@ -8,7 +8,7 @@
 use crate::geo::DatabaseInfo;
 
 /// The page as shipped, with `__PLACEHOLDERS__` that [`render`] fills.
-pub(crate) const MAP_HTML: &str = include_str!("../assets/map.html");
+pub(crate) const MAP_HTML: &str = include_str!("../../assets/map.html");
 
 /// `{"viewBox": "...", "countries": {"DE": "M...z", ...}, "points": {"SG": [x, y], ...}}`.
 pub(crate) const WORLD_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/world.json"));
@@ -43,7 +43,7 @@ fn escape(s: &str) -> String {
 
 /// The pure part of the build step, compiled here for its unit tests.
 #[cfg(test)]
-#[path = "../build/topojson.rs"]
+#[path = "../../build/topojson.rs"]
 mod topojson;
 
 #[cfg(test)]

@@ -23,7 +23,8 @@ use tokio::{
 use tower::ServiceExt as _;
 use tower_http::compression::CompressionLayer;
 
-use crate::{metrics::Metrics, webconfig::TlsReloader};
+use super::tls::TlsReloader;
+use crate::metrics::Metrics;
 
 /// What bounds the server.
 #[derive(Clone, Copy, Debug)]
