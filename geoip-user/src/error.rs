@@ -12,3 +12,8 @@ pub(crate) fn chain(err: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// Print `geoip-exporter: error: <what>` and its causes on stderr.
+pub(crate) fn report(err: &dyn std::error::Error) {
+    eprintln!("geoip-exporter: error: {}", chain(err));
+}

@@ -20,6 +20,9 @@
 
 mod bench;
 mod build;
+/// Calendar dates, shared with the exporter (one file for both).
+#[path = "../../geoip-user/src/civil.rs"]
+mod civil;
 mod cmd;
 mod fetch_db;
 mod fuzz;

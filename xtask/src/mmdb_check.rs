@@ -11,6 +11,8 @@ use anyhow::{Context, Result, bail};
 use maxminddb::Reader;
 use serde::Deserialize;
 
+use crate::civil;
+
 /// Well-known addresses every country database maps (Cloudflare's resolver).
 const PROBES: [IpAddr; 2] = [
     IpAddr::V4(Ipv4Addr::new(1, 1, 1, 1)),
@@ -130,52 +132,19 @@ impl fmt::Display for Checked {
 
 /// `YYYY-MM-DD HH:MM:SS UTC` for seconds since the Unix epoch.
 fn utc_datetime(epoch: u64) -> String {
-    let (year, month, day) = civil_from_days(epoch / 86_400);
     let seconds = epoch % 86_400;
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        "{} {:02}:{:02}:{:02} UTC",
+        civil::date(epoch),
         seconds / 3600,
         seconds % 3600 / 60,
         seconds % 60
     )
 }
 
-/// (year, month, day) of the proleptic Gregorian calendar for a count of
-/// days since 1970-01-01 (Howard Hinnant's `civil_from_days`, for days ≥ 0).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    // Shift the epoch to 0000-03-01, so leap days end each 400-year era.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = era * 400 + year_of_era + u64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn converts_days_to_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(59), (1970, 3, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(11_017), (2000, 3, 1));
-        assert_eq!(civil_from_days(19_722), (2023, 12, 31));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(47_541), (2100, 3, 1));
-        assert_eq!(civil_from_days(47_540), (2100, 2, 28));
-    }
 
     #[test]
     fn formats_epoch_seconds() {

@@ -138,10 +138,10 @@ pub(crate) fn prepare(ring_bytes: u32, features: u32) -> Result<Prepared, ProbeE
     })
 }
 
-/// The loaded and attached program; dropping it detaches it.
+/// The loaded and attached program: the program itself ([`Attached`]:
+/// dropping it detaches it) and its maps, each taken by its reader.
 pub(crate) struct Probe {
-    /// Keeps the program and its link alive.
-    _ebpf: Ebpf,
+    pub(crate) attached: Attached,
     /// The kernel program's log lines (aya-log), if it has any.
     pub(crate) logger: Option<aya_log::EbpfLogger<TracingLog>>,
     /// The ring buffer; [`EventReader::new`] reads it inside the runtime.
@@ -215,7 +215,7 @@ impl Prepared {
         let lost = take_map(&mut ebpf, LOST_MAP, PerCpuArray::try_from)?;
         let control = take_map(&mut ebpf, CONTROL_MAP, Array::try_from)?;
         Ok(Probe {
-            _ebpf: ebpf,
+            attached: Attached(ebpf),
             logger,
             ring,
             control,
@@ -224,6 +224,10 @@ impl Prepared {
         })
     }
 }
+
+/// The program and its link to the tracepoint: the program stays attached
+/// as long as this lives.
+pub(crate) struct Attached(#[expect(dead_code, reason = "held for its Drop: the detach")] Ebpf);
 
 fn take_map<T>(
     ebpf: &mut Ebpf,

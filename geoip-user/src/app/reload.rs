@@ -72,7 +72,8 @@ pub(crate) struct Reloader {
 }
 
 impl Reloader {
-    pub(crate) async fn run(self) {
+    /// Watch and reload until aborted.
+    pub(crate) async fn watch(self) {
         let mut hangup = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(err) => {
