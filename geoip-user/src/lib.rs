@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! The modules in the order an event flows through them; each one uses
-//! only those listed before it (`xtask`'s `layout` test checks it):
+//! only those listed before it (`cargo xtask layout` shows the graph, and
+//! a unit test of `xtask` checks it):
 //! - leaves, the vocabulary every stage shares: [`error`] (errors as the
 //!   log shows them), [`civil`] (calendar dates), [`conn`] (a
 //!   connection's identity, direction, process and byte counters, the
@@ -28,6 +29,9 @@
 //!   server and its limits, basic auth and TLS.
 //! - [`app`]: start-up order, the event loop, reloads, shutdown.
 //! - [`check`]: `geoip-exporter check`, which runs the app's start-up.
+//! - [`bench`] and [`fuzz`] (features `bench`, `fuzzing`): the entry
+//!   points of `cargo xtask bench` and of the fuzz targets, which may use
+//!   any module.
 //!
 //! An event's way: [`kernel::ring`] reads a record, [`kernel::events`]
 //! decodes it, the table's tracker drops what [`exclude`] excludes, looks

@@ -17,6 +17,9 @@
 //! - `fuzz`: every fuzz target in `fuzz/` for a bounded time.
 //! - `fetch_db`: download a free country database with the npm client;
 //!   `mmdb_check` opens and verifies it.
+//! - `layout`: the exporter's module graph and the rules it keeps (no
+//!   circle, imports down the layout `geoip-user/src/lib.rs` gives).
+//! - `civil`: calendar dates, the exporter's own file.
 
 mod bench;
 mod build;
@@ -26,6 +29,7 @@ mod civil;
 mod cmd;
 mod fetch_db;
 mod fuzz;
+mod layout;
 mod mmdb_check;
 mod package;
 mod run;
@@ -73,6 +77,8 @@ enum Command {
     },
     /// Fuzz every parser of outside input (cargo-fuzz, nightly) for a bounded time each.
     Fuzz(fuzz::Options),
+    /// Print the exporter's module graph (top-level modules in layout order, what each imports) and check its rules: no import circle, imports only down the layout.
+    Layout,
 }
 
 fn main() -> ExitCode {
@@ -87,6 +93,7 @@ fn main() -> ExitCode {
         Command::Bench => bench::run(),
         Command::Soak { seconds } => bench::soak(seconds),
         Command::Fuzz(options) => fuzz::run(&options),
+        Command::Layout => layout::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
