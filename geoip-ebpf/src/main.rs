@@ -172,6 +172,8 @@ impl Fields for Probed {
     }
 }
 
+/// Read the record, decide whether the transition matters, and submit its
+/// event (or, for a `connect()`, remember who made it).
 #[inline(always)]
 fn try_handle(ctx: &TracePointContext, f: &impl Fields) -> Result<(), i32> {
     // SAFETY (every read): each field is read with the type tracefs gives
@@ -183,16 +185,8 @@ fn try_handle(ctx: &TracePointContext, f: &impl Fields) -> Result<(), i32> {
     let oldstate: i32 = unsafe { f.read(ctx, |l| l.oldstate)? };
     let newstate: i32 = unsafe { f.read(ctx, |l| l.newstate)? };
     let features = features();
-    let (kind, direction) = match classify(oldstate, newstate) {
-        Some(what) => what,
-        None if features & feature::BYTES != 0 && is_final(oldstate, newstate) => {
-            (KIND_FINAL, DIRECTION_UNKNOWN)
-        }
-        None if features & feature::COMM != 0 && newstate == tcp_state::SYN_SENT => {
-            // connect(), in the calling process: remember who it is.
-            (KIND_OPEN, DIRECTION_UNKNOWN)
-        }
-        None => return Ok(()),
+    let Some((kind, direction)) = decide(oldstate, newstate, features) else {
+        return Ok(());
     };
     let family: u16 = unsafe { f.read(ctx, |l| l.family)? };
     let (saddr, daddr) = match family {
@@ -247,23 +241,48 @@ fn try_handle(ctx: &TracePointContext, f: &impl Fields) -> Result<(), i32> {
         _pad: 0,
         _pad2: 0,
     };
+    submit(event, sock, (oldstate, newstate), features);
+    Ok(())
+}
+
+/// Whether the transition `oldstate -> newstate` matters, and as what:
+/// an open or close (`classify`), with [`feature::BYTES`] a socket's final
+/// CLOSE, with [`feature::COMM`] a `connect()` (an open of no direction).
+#[inline(always)]
+fn decide(oldstate: i32, newstate: i32, features: u32) -> Option<(u8, u8)> {
+    match classify(oldstate, newstate) {
+        Some(what) => Some(what),
+        None if features & feature::BYTES != 0 && is_final(oldstate, newstate) => {
+            Some((KIND_FINAL, DIRECTION_UNKNOWN))
+        }
+        None if features & feature::COMM != 0 && newstate == tcp_state::SYN_SENT => {
+            // connect(), in the calling process: remember who it is.
+            Some((KIND_OPEN, DIRECTION_UNKNOWN))
+        }
+        None => None,
+    }
+}
+
+/// Reserve and submit `event` (extended with what `features` add), or
+/// count it lost when the ring buffer is full.
+#[inline(always)]
+fn submit(event: ConnEvent, sock: u64, states: (i32, i32), features: u32) {
     if features == 0 {
         if let Some(mut slot) = EVENTS.reserve::<ConnEvent>(0) {
             slot.write(event);
             slot.submit(wakeup_flag(RING_RECORD_BYTES));
-            return Ok(());
+            return;
         }
     } else if let Some(mut slot) = EVENTS.reserve::<ConnEventExt>(0) {
-        slot.write(extended(event, sock, (oldstate, newstate), features));
+        slot.write(extended(event, sock, states, features));
         slot.submit(wakeup_flag(RING_RECORD_EXT_BYTES));
-        return Ok(());
+        return;
     }
     if let Some(lost) = LOST.get_ptr_mut(0) {
         // SAFETY: the slot belongs to this CPU and the program cannot be
         // preempted by itself on it.
         unsafe { *lost += 1 };
     }
-    Ok(())
 }
 
 #[inline(always)]
