@@ -24,6 +24,10 @@
 //! only for measuring the floor (`cargo xtask bench`).
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::inline_always,
+    reason = "one program for the verifier and the benchmarks: every helper inlined into it"
+)]
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -90,6 +94,10 @@ static WAKEUP_BYTES: u64 = DEFAULT_WAKEUP_BYTES;
 /// fields are read straight from the record at constant offsets (the
 /// verifier allows tracepoint context loads only at constant offsets).
 #[tracepoint]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[tracepoint] hands the context over by value"
+)]
 fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     handle(&ctx, &Direct)
 }
@@ -97,6 +105,10 @@ fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// The same for any other layout, at the offsets user space found in
 /// tracefs, through `bpf_probe_read_kernel`.
 #[tracepoint]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[tracepoint] hands the context over by value"
+)]
 fn inet_sock_set_state_any_layout(ctx: TracePointContext) -> u32 {
     handle(&ctx, &Probed(layout()))
 }
@@ -176,28 +188,34 @@ impl Fields for Probed {
 /// event (or, for a `connect()`, remember who made it).
 #[inline(always)]
 fn try_handle(ctx: &TracePointContext, f: &impl Fields) -> Result<(), i32> {
-    // SAFETY (every read): each field is read with the type tracefs gives
-    // it (the daemon checks the format before loading).
+    // SAFETY: `protocol` is a u16 of the record. Here and below, each
+    // field is read with the type the tracepoint's format gives it (the
+    // daemon checks the format before loading).
     let protocol: u16 = unsafe { f.read(ctx, |l| l.protocol)? };
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
+    // SAFETY: `oldstate` is a i32 of the record.
     let oldstate: i32 = unsafe { f.read(ctx, |l| l.oldstate)? };
+    // SAFETY: `newstate` is a i32 of the record.
     let newstate: i32 = unsafe { f.read(ctx, |l| l.newstate)? };
     let features = features();
     let Some((kind, direction)) = decide(oldstate, newstate, features) else {
         return Ok(());
     };
+    // SAFETY: `family` is a u16 of the record.
     let family: u16 = unsafe { f.read(ctx, |l| l.family)? };
     let (saddr, daddr) = match family {
         // An IPv4 address read as a native word keeps its bytes in memory
         // order, the first four of the event's field.
+        // SAFETY: `saddr` and `daddr` are 4 bytes of the record.
         AF_INET => unsafe {
             (
                 [u64::from(f.read::<u32>(ctx, |l| l.saddr)?), 0],
                 [u64::from(f.read::<u32>(ctx, |l| l.daddr)?), 0],
             )
         },
+        // SAFETY: `saddr_v6` and `daddr_v6` are 16 bytes of the record.
         AF_INET6 => unsafe {
             (
                 f.read::<[u64; 2]>(ctx, |l| l.saddr_v6)?,
@@ -216,11 +234,12 @@ fn try_handle(ctx: &TracePointContext, f: &impl Fields) -> Result<(), i32> {
     if excluded {
         return Ok(());
     }
+    // SAFETY: `skaddr` is a u64 of the record.
     let sock: u64 = unsafe { f.read(ctx, |l| l.skaddr)? };
     if kind == KIND_OPEN && direction == DIRECTION_UNKNOWN {
         // connect() (only with feature::COMM): no record yet.
         if let Ok(comm) = bpf_get_current_comm() {
-            let _ = CONNECTING.insert(&sock, &address_words(comm), 0);
+            let _ = CONNECTING.insert(sock, address_words(comm), 0);
         }
         return Ok(());
     }
@@ -228,7 +247,9 @@ fn try_handle(ctx: &TracePointContext, f: &impl Fields) -> Result<(), i32> {
         saddr,
         daddr,
         netns: netns_of(sock)?,
+        // SAFETY: `sport` is a u16 of the record.
         sport: unsafe { f.read(ctx, |l| l.sport)? },
+        // SAFETY: `dport` is a u16 of the record.
         dport: unsafe { f.read(ctx, |l| l.dport)? },
         family,
         kind,
@@ -305,13 +326,14 @@ fn extended(mut event: ConnEvent, sock: u64, states: (i32, i32), features: u32) 
         // SAFETY: a helper without arguments.
         ext.time_ns = unsafe { generated::bpf_ktime_get_ns() };
     }
-    if features & feature::BYTES != 0 && event.kind != KIND_OPEN {
-        if let Some((received, acked, flags)) = byte_counters(sock, states) {
-            ext.bytes_received = received;
-            ext.bytes_acked = acked;
-            event.flags |= flags;
-            ext.base = event;
-        }
+    if features & feature::BYTES != 0
+        && event.kind != KIND_OPEN
+        && let Some((received, acked, flags)) = byte_counters(sock, states)
+    {
+        ext.bytes_received = received;
+        ext.bytes_acked = acked;
+        event.flags |= flags;
+        ext.base = event;
     }
     if features & feature::COMM != 0
         && event.kind == KIND_OPEN
@@ -321,7 +343,7 @@ fn extended(mut event: ConnEvent, sock: u64, states: (i32, i32), features: u32) 
         // locked map operation per connection): the next connect() from
         // this socket address overwrites it before its handshake ends.
         // SAFETY: a copy of the value is taken at once.
-        if let Some(comm) = unsafe { CONNECTING.get(&sock) } {
+        if let Some(comm) = unsafe { CONNECTING.get(sock) } {
             ext.comm = *comm;
         }
     }
@@ -332,9 +354,9 @@ fn extended(mut event: ConnEvent, sock: u64, states: (i32, i32), features: u32) 
 /// the FINs counted in them, read at the offsets user space found in BTF.
 /// Which FINs are in them follows from the transition (`states`, old and
 /// new): the peer's FIN was received when the connection moves to
-/// CLOSE_WAIT, or reaches CLOSE from a state that follows it (FIN_WAIT2
-/// through TIME_WAIT, CLOSING, CLOSE_WAIT, LAST_ACK); ours was sent in
-/// the states after FIN_WAIT1, and acknowledged if nothing sent is
+/// `CLOSE_WAIT`, or reaches CLOSE from a state that follows it (`FIN_WAIT2`
+/// through `TIME_WAIT`, CLOSING, `CLOSE_WAIT`, `LAST_ACK`); ours was sent in
+/// the states after `FIN_WAIT1`, and acknowledged if nothing sent is
 /// unacknowledged (`snd_una == write_seq`). (`sk_shutdown` would not
 /// tell: `close()` sets it before any FIN is sent or received.)
 #[inline(always)]
@@ -358,13 +380,15 @@ fn byte_counters(sock: u64, (oldstate, newstate): (i32, i32)) -> Option<(u64, u6
     if read != 0 {
         return None;
     }
-    // SAFETY: `scratch` is this CPU's buffer of TCP_SPAN_MAX bytes; each
-    // offset is checked to leave room for the field.
     let at = |offset: u16, size: u32| -> Option<*const u8> {
         (u32::from(offset) + size <= TCP_SPAN_MAX)
+            // SAFETY: `scratch` is this CPU's buffer of TCP_SPAN_MAX bytes;
+            // the offset leaves room for the field.
             .then(|| unsafe { scratch.cast::<u8>().cast_const().add(usize::from(offset)) })
     };
+    // SAFETY: `at` gave a pointer with 4 bytes of the buffer behind it.
     let read_u32 = |offset| at(offset, 4).map(|p| unsafe { p.cast::<u32>().read_unaligned() });
+    // SAFETY: `at` gave a pointer with 8 bytes of the buffer behind it.
     let read_u64 = |offset| at(offset, 8).map(|p| unsafe { p.cast::<u64>().read_unaligned() });
     let write_seq = read_u32(l.write_seq)?;
     let snd_una = read_u32(l.snd_una)?;
@@ -415,11 +439,12 @@ fn netns_of(sock: u64) -> Result<u32, i32> {
     if sl.enabled == 0 {
         return Ok(0);
     }
-    // SAFETY (both reads): `bpf_probe_read_kernel` of kernel memory; a bad
-    // address is an error, not a fault.
+    // SAFETY: `bpf_probe_read_kernel` of kernel memory; a bad address is
+    // an error, not a fault.
     let net: u64 = unsafe {
         bpf_probe_read_kernel((sock + u64::from(sl.net)) as *const u64).map_err(|_| -14)?
     };
+    // SAFETY: as above.
     unsafe { bpf_probe_read_kernel((net + u64::from(sl.inum)) as *const u32).map_err(|_| -14) }
 }
 

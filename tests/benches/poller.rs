@@ -130,9 +130,8 @@ impl BpfStats {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: a new descriptor the kernel just gave us.
-        Ok(Self {
-            _enabled: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let enabled = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { _enabled: enabled })
     }
 
     /// Run time (seconds) and runs of the newest program named

@@ -87,7 +87,7 @@ pub(crate) fn run(parts: Parts) -> Result<()> {
     let mut report = Report::default();
     if parts.toolchain {
         toolchain::nightly()?;
-        toolchain::rust_src()?;
+        toolchain::components()?;
         bpf_linker::ensure()?;
     }
     if parts.packaging {

@@ -47,7 +47,7 @@ impl CountryTable {
             source,
         };
         let info = DatabaseInfo::of(reader, path);
-        let flat = Flattener::run(reader).map_err(invalid)?;
+        let flat = Flattener::flatten(reader).map_err(invalid)?;
         if !flat.has_country {
             return Err(OpenError::NoCountry {
                 path: path.to_owned(),
@@ -133,7 +133,7 @@ struct Flattener {
 }
 
 impl Flattener {
-    fn run(reader: &Reader<Vec<u8>>) -> Result<Self, MaxMindDbError> {
+    fn flatten(reader: &Reader<Vec<u8>>) -> Result<Self, MaxMindDbError> {
         let mut out = Self {
             v4: RangesBuilder::new(),
             v6: RangesBuilder::new(),

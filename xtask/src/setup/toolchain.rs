@@ -1,5 +1,7 @@
-//! The nightly toolchain and its `rust-src` component: the eBPF crate builds
-//! with `rustup run nightly cargo build -Z build-std=core`.
+//! The nightly toolchain and its components: `rust-src` (the eBPF crate
+//! builds with `rustup run nightly cargo build -Z build-std=core`), and
+//! `clippy` and `rustfmt` (CI lints the eBPF crate and checks the format
+//! with nightly).
 
 use std::process::Command;
 
@@ -25,12 +27,19 @@ pub(super) fn nightly() -> Result<()> {
         "minimal",
         "--component",
         "rust-src",
+        "--component",
+        "clippy",
+        "--component",
+        "rustfmt",
     ]))
 }
 
-/// Makes sure the nightly toolchain has `rust-src` (for `-Z build-std=core`).
-pub(super) fn rust_src() -> Result<()> {
-    step("rust-src for nightly");
+/// The nightly components the build and CI use.
+const COMPONENTS: [&str; 3] = ["rust-src", "clippy", "rustfmt"];
+
+/// Makes sure the nightly toolchain has [`COMPONENTS`].
+pub(super) fn components() -> Result<()> {
+    step("rust-src, clippy and rustfmt for nightly");
     let installed = cmd::stdout(Command::new("rustup").args([
         "component",
         "list",
@@ -38,18 +47,35 @@ pub(super) fn rust_src() -> Result<()> {
         "nightly",
         "--installed",
     ]))?;
-    if installed.lines().any(|line| line.trim() == "rust-src") {
+    let missing = missing(&installed);
+    if missing.is_empty() {
         ok("already installed");
         return Ok(());
     }
-    eprintln!("    not installed: adding it");
-    cmd::run(Command::new("rustup").args([
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        "nightly",
-    ]))
+    eprintln!("    not installed: adding {}", missing.join(", "));
+    cmd::run(
+        Command::new("rustup")
+            .args(["component", "add"])
+            .args(&missing)
+            .args(["--toolchain", "nightly"]),
+    )
+}
+
+/// Which of [`COMPONENTS`] `rustup component list --installed` does not
+/// list (it names most with their host: `clippy-x86_64-unknown-linux-gnu`).
+fn missing(installed: &str) -> Vec<&'static str> {
+    COMPONENTS
+        .into_iter()
+        .filter(|c| {
+            !installed.lines().any(|line| {
+                let line = line.trim();
+                line == *c
+                    || line
+                        .strip_prefix(c)
+                        .is_some_and(|rest| rest.starts_with('-'))
+            })
+        })
+        .collect()
 }
 
 /// The name of the toolchain `+nightly` selects in `rustup toolchain list`
@@ -82,5 +108,16 @@ mod tests {
                           nightly-2024-01-01-x86_64-unknown-linux-gnu\n";
         assert_eq!(find_nightly(dated_only), None);
         assert_eq!(find_nightly("nightly (default)\n"), Some("nightly"));
+    }
+
+    #[test]
+    fn missing_components_by_name_with_or_without_the_host() {
+        let all = "clippy-x86_64-unknown-linux-gnu\nrust-src\nrust-std-x86_64-unknown-linux-gnu\nrustfmt-x86_64-unknown-linux-gnu\n";
+        assert!(missing(all).is_empty());
+        assert_eq!(
+            missing("rust-src\nrust-std-x86_64-unknown-linux-gnu\n"),
+            ["clippy", "rustfmt"]
+        );
+        assert_eq!(missing("rust-std-x86_64-unknown-linux-gnu\n"), COMPONENTS);
     }
 }
