@@ -1,7 +1,7 @@
 //! Builds the kernel program (`geoip-ebpf`) for the BPF target with the
 //! nightly toolchain and `bpf-linker`, into `OUT_DIR/geoip`, which
-//! `probe.rs` embeds in the binary; and, first, the map page's country
-//! shapes into `OUT_DIR/world.json` (`build/worldmap.rs`), which `page.rs`
+//! `src/kernel/probe.rs` embeds in the binary; and, first, the map page's country
+//! shapes into `OUT_DIR/world.json` (`build/worldmap.rs`), which `src/web/page.rs`
 //! embeds.
 
 use std::{path::Path, process::Command};

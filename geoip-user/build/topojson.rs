@@ -1,7 +1,7 @@
 //! The pure part of the map's build step: decode `TopoJSON` (as world-atlas
 //! ships it), project with Equal Earth, and write compact SVG paths. No file
 //! or environment access here, so geoip-user's unit tests compile this file
-//! too (`src/page.rs`).
+//! too (`src/web/page.rs`).
 
 use std::fmt::{self, Write as _};
 

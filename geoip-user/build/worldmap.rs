@@ -1,6 +1,6 @@
 //! The map page's country shapes: `assets/world/` (Natural Earth 1:110m
 //! admin-0 countries as world-atlas ships them, see its `LICENSES.md`) to
-//! `OUT_DIR/world.json`, which `src/page.rs` embeds:
+//! `OUT_DIR/world.json`, which `src/web/page.rs` embeds:
 //!
 //! ```json
 //! {"viewBox": "0 0 1000 436",

@@ -124,7 +124,7 @@ impl Cidr {
         }
     }
 
-    /// Whether `addr` (in the canonical form of [`canonical`]) is inside.
+    /// Whether `addr` (in the canonical form of [`crate::conn::canonical`]) is inside.
     pub(crate) const fn contains(&self, addr: u128) -> bool {
         addr & self.mask() == self.network
     }

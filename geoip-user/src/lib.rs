@@ -29,7 +29,7 @@
 //!   server and its limits, basic auth and TLS.
 //! - [`app`]: start-up order, the event loop, reloads, shutdown.
 //! - [`check`]: `geoip-exporter check`, which runs the app's start-up.
-//! - [`bench`] and [`fuzz`] (features `bench`, `fuzzing`): the entry
+//! - [`bench`](mod@bench) and [`fuzz`] (features `bench`, `fuzzing`): the entry
 //!   points of `cargo xtask bench` and of the fuzz targets, which may use
 //!   any module.
 //!

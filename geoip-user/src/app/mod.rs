@@ -8,7 +8,7 @@
 //! thread but the main one exists, which then drops its capabilities.
 //! After that [`begin`] ([`running`]) starts the one task that owns the
 //! connection table ([`event_loop`], reconciling as [`reconcile`] says)
-//! and waits for the merge; [`Running::serve`] serves HTTP and reloads
+//! and waits for the merge; [`running::Running::serve`] serves HTTP and reloads
 //! the databases when their files change ([`reload`]) until a signal
 //! ([`signals`]) ends it.
 

@@ -8,7 +8,7 @@
 //! in the file, record by record ([`records`]: [`asn`], [`city`]), each
 //! distinct record decoded once.
 //!
-//! From the file up: [`file`] reads one file and checks it is a MaxMind DB;
+//! From the file up: [`file`](mod@file) reads one file and checks it is a MaxMind DB;
 //! [`field`] and [`country`] decode the country in every record layout
 //! users have; [`databases`] opens every `--geoip.database` and decides
 //! what each one provides.

@@ -144,9 +144,9 @@ pub(crate) struct Probe {
     pub(crate) attached: Attached,
     /// The kernel program's log lines (aya-log), if it has any.
     pub(crate) logger: Option<aya_log::EbpfLogger<TracingLog>>,
-    /// The ring buffer; [`EventReader::new`] reads it inside the runtime.
+    /// The ring buffer; [`super::ring::EventReader::new`] reads it inside the runtime.
     pub(crate) ring: RingBuf<MapData>,
-    /// How the program wakes us (see [`EventReader`]).
+    /// How the program wakes us (see [`super::ring::EventReader`]).
     pub(crate) control: Array<MapData, u32>,
     /// The kernel's counts of what it could not hand over.
     pub(crate) losses: KernelLosses,

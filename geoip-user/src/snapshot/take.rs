@@ -87,7 +87,7 @@ pub(crate) struct Snapshot {
     /// ESTABLISHED connections and their direction ([`Pass::Connections`]).
     pub(crate) conns: Vec<(ConnKey, Direction)>,
     /// The process holding each outbound connection, when asked for
-    /// ([`Snapshotter::start`] with `owners`: at start-up).
+    /// ([`super::Snapshotter::start`] with `owners`: at start-up).
     pub(crate) owners: HashMap<ConnKey, Comm>,
     /// ESTABLISHED connections and their byte counters ([`Pass::Bytes`]).
     pub(crate) bytes: Vec<(ConnKey, Counters)>,

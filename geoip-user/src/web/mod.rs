@@ -1,6 +1,6 @@
 //! The HTTP side: what the handlers share ([`state`]), the map page
 //! ([`page`]), the JSON API ([`api`]), the routes and the other handlers
-//! ([`router`]), basic auth ([`auth`]), TLS ([`tls`]) and the web config
+//! ([`router`](mod@router)), basic auth ([`auth`]), TLS ([`tls`]) and the web config
 //! file that sets both ([`config`]), and the server with its limits
 //! ([`server`]).
 
