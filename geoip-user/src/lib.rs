@@ -79,8 +79,8 @@ pub fn main() -> ExitCode {
         };
     }
     if args.check || args.command.is_some() {
-        return check::main(args);
+        return check::run_check(args);
     }
     logging::init(args.log_level);
-    app::main(&args)
+    app::run_exporter(&args)
 }

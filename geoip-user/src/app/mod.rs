@@ -29,7 +29,7 @@ pub(crate) use startup::{open_databases, start};
 use crate::cli::Args;
 
 /// Start, serve until SIGINT or SIGTERM, and the exit code.
-pub(crate) fn main(args: &Args) -> ExitCode {
+pub(crate) fn run_exporter(args: &Args) -> ExitCode {
     // Privileged work first, on this thread alone; the runtime's threads
     // are made after the capabilities are dropped.
     let started = match open_databases(args)

@@ -40,7 +40,7 @@ use crate::{
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 /// What the start-up merge found.
-pub(crate) struct Found {
+pub(crate) struct Merged {
     /// Connections tracked after it.
     pub(crate) tracked: usize,
     /// Network namespaces it read.
@@ -50,7 +50,7 @@ pub(crate) struct Found {
 /// The exporter with its event thread running and the connections that
 /// existed merged; nothing served yet.
 pub(crate) struct Running {
-    found: Found,
+    found: Merged,
     /// The kernel program: detached when this is dropped, after the event
     /// thread stopped.
     attached: Attached,
@@ -144,7 +144,7 @@ pub(crate) async fn begin(args: &Args, started: Started) -> Result<Running, AppE
 }
 
 /// Wait for the event thread's start-up merge.
-async fn merged(ready: oneshot::Receiver<Ready>) -> Result<Found, AppError> {
+async fn merged(ready: oneshot::Receiver<Ready>) -> Result<Merged, AppError> {
     let (startup, tracked) = ready.await.map_err(|_| {
         AppError::EventThread(io::Error::other("the event thread ended before it started"))
     })??;
@@ -154,7 +154,7 @@ async fn merged(ready: oneshot::Receiver<Ready>) -> Result<Found, AppError> {
         tracked,
         "existing connections merged"
     );
-    Ok(Found {
+    Ok(Merged {
         tracked,
         namespaces: startup.namespaces,
     })
@@ -162,7 +162,7 @@ async fn merged(ready: oneshot::Receiver<Ready>) -> Result<Found, AppError> {
 
 impl Running {
     /// What the start-up merge found.
-    pub(crate) const fn found(&self) -> &Found {
+    pub(crate) const fn found(&self) -> &Merged {
         &self.found
     }
 

@@ -28,7 +28,7 @@ use crate::{
 /// The check as the binary runs it: the flags to check (those given, or
 /// the service's), then every item; exit 0 when nothing failed, 1 when
 /// something did, 2 when the service's flags are bad.
-pub(crate) fn main(given: Args) -> ExitCode {
+pub(crate) fn run_check(given: Args) -> ExitCode {
     let command_line: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let (args, service) = match service::flags(given, &command_line) {
         Ok(flags) => flags,

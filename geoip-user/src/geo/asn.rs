@@ -39,7 +39,7 @@ impl Hash for AsInfo {
 }
 
 #[derive(Deserialize)]
-struct Record<'a> {
+struct AsnRecord<'a> {
     #[serde(default)]
     autonomous_system_number: Option<u32>,
     #[serde(default, borrow)]
@@ -54,7 +54,7 @@ impl Decode for AsInfo {
     const WHAT: &'static str = "AS number";
 
     fn decode(result: &LookupResult<'_, Vec<u8>>) -> Result<Option<Self>, MaxMindDbError> {
-        let Some(r) = result.decode::<Record<'_>>()? else {
+        let Some(r) = result.decode::<AsnRecord<'_>>()? else {
             return Ok(None);
         };
         let number = r.autonomous_system_number.or_else(|| {

@@ -58,7 +58,7 @@ struct Location {
 }
 
 #[derive(Deserialize)]
-struct Record<'a> {
+struct CityRecord<'a> {
     #[serde(default, borrow)]
     city: Option<MapOrText<'a, CityNames<'a>>>,
     #[serde(default)]
@@ -114,7 +114,7 @@ impl Decode for City {
     const WHAT: &'static str = "city";
 
     fn decode(result: &LookupResult<'_, Vec<u8>>) -> Result<Option<Self>, MaxMindDbError> {
-        let Some(r) = result.decode::<Record<'_>>()? else {
+        let Some(r) = result.decode::<CityRecord<'_>>()? else {
             return Ok(None);
         };
         let name = match r.city {

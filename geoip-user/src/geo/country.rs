@@ -62,7 +62,7 @@ impl fmt::Debug for Country {
 
 /// The fields that hold a country in the layouts we read.
 #[derive(Deserialize, Default)]
-pub(super) struct Record<'a> {
+pub(super) struct CountryRecord<'a> {
     #[serde(default, borrow)]
     country: Option<MapOrText<'a, IsoCode<'a>>>,
     #[serde(default, borrow)]
@@ -78,7 +78,7 @@ struct IsoCode<'a> {
     iso_code: Option<&'a str>,
 }
 
-impl Record<'_> {
+impl CountryRecord<'_> {
     pub(super) fn country(&self) -> Option<Country> {
         fn iso<'a>(field: Option<&MapOrText<'a, IsoCode<'a>>>) -> Option<&'a str> {
             match field {
@@ -104,7 +104,7 @@ pub(crate) fn decode_country(
     result: &maxminddb::LookupResult<'_, Vec<u8>>,
 ) -> Result<Country, MaxMindDbError> {
     Ok(result
-        .decode::<Record<'_>>()?
+        .decode::<CountryRecord<'_>>()?
         .and_then(|r| r.country())
         .unwrap_or(Country::UNKNOWN))
 }

@@ -10,7 +10,7 @@ use geoip_tests::mmdb::{Value, Writer};
 use maxminddb::Reader;
 
 use super::{
-    country::{Country, Record},
+    country::{Country, CountryRecord},
     country_table::CountryTable,
     file::OpenError,
 };
@@ -278,7 +278,7 @@ fn flattened_lookups_match_maxminddb() {
         reader
             .lookup(addr)
             .unwrap()
-            .decode::<Record<'_>>()
+            .decode::<CountryRecord<'_>>()
             .unwrap()
             .and_then(|r| r.country())
             .unwrap_or(Country::UNKNOWN)

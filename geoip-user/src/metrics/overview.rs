@@ -69,11 +69,11 @@ impl SeriesIndex {
         let indexed = self.lock();
         let mut out = Overview::default();
         for (&(country, direction, _), (shown, s)) in &indexed.series {
-            let counts = Counts {
+            let counts = DirectionCounts {
                 connections: s.connections.get(),
                 opened: s.opened.get(),
                 closed: s.closed.get(),
-                ..Counts::default()
+                ..DirectionCounts::default()
             };
             let inbound = direction == Direction::Inbound;
             if let Some(name) = shown {
@@ -105,7 +105,7 @@ impl SeriesIndex {
 
 /// One direction's numbers for a country.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub(crate) struct Counts {
+pub(crate) struct DirectionCounts {
     /// Connections now ESTABLISHED.
     pub(crate) connections: i64,
     /// Connections opened since start-up.
@@ -121,7 +121,7 @@ pub(crate) struct Counts {
     pub(crate) sent_bytes: Option<u64>,
 }
 
-impl std::ops::AddAssign for Counts {
+impl std::ops::AddAssign for DirectionCounts {
     fn add_assign(&mut self, rhs: Self) {
         let sum = |a: Option<u64>, b: Option<u64>| match (a, b) {
             (None, None) => None,
@@ -138,12 +138,12 @@ impl std::ops::AddAssign for Counts {
 /// A country's (or a service's) numbers, both directions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct CountryCounts {
-    pub(crate) inbound: Counts,
-    pub(crate) outbound: Counts,
+    pub(crate) inbound: DirectionCounts,
+    pub(crate) outbound: DirectionCounts,
 }
 
 impl CountryCounts {
-    fn get(&mut self, inbound: bool) -> &mut Counts {
+    fn get(&mut self, inbound: bool) -> &mut DirectionCounts {
         if inbound {
             &mut self.inbound
         } else {

@@ -2,7 +2,7 @@
 
 use super::{
     Metrics,
-    overview::{CountryCounts, Counts},
+    overview::{CountryCounts, DirectionCounts},
 };
 use crate::{conn::Direction, geo::Country};
 
@@ -49,17 +49,17 @@ fn series_follow_opens_and_closes() {
     assert_eq!(
         countries["DE"],
         CountryCounts {
-            inbound: Counts {
+            inbound: DirectionCounts {
                 connections: 1,
                 opened: 2,
                 closed: 1,
-                ..Counts::default()
+                ..DirectionCounts::default()
             },
-            outbound: Counts {
+            outbound: DirectionCounts {
                 connections: 1,
                 opened: 1,
                 closed: 0,
-                ..Counts::default()
+                ..DirectionCounts::default()
             },
         }
     );

@@ -30,7 +30,7 @@ use crate::conn::Comm;
 
 /// What [`process_names`] found.
 #[derive(Debug, Default)]
-pub(crate) struct Found {
+pub(crate) struct ProcessNames {
     /// The name of the process holding each socket found, by inode.
     pub(crate) names: HashMap<u32, Comm>,
     /// Processes whose open files it was not allowed to read.
@@ -39,8 +39,8 @@ pub(crate) struct Found {
 
 /// The name of the process holding each socket of `inodes` that some
 /// process of `proc` (a procfs mount) holds.
-pub(crate) fn process_names(proc: &Path, inodes: &HashSet<u32>) -> Found {
-    let mut found = Found {
+pub(crate) fn process_names(proc: &Path, inodes: &HashSet<u32>) -> ProcessNames {
+    let mut found = ProcessNames {
         names: HashMap::with_capacity(inodes.len()),
         refused: 0,
     };
