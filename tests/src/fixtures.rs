@@ -1,6 +1,6 @@
 //! The test hosts' addresses and the database that maps them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::mmdb::{Value, Writer};
 
@@ -179,4 +179,22 @@ pub fn write_city_database(path: &Path) {
     .unwrap_or_else(|e| panic!("BR: {e}"));
     w.write(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// The country, ASN and city test databases in `dir`, as the
+/// `--geoip.database` flags that give them all.
+pub fn write_label_databases(dir: &Path) -> Vec<String> {
+    let paths: [PathBuf; 3] = ["country", "asn", "city"].map(|n| dir.join(format!("{n}.mmdb")));
+    write_database(&paths[0]);
+    write_asn_labels_database(&paths[1]);
+    write_city_database(&paths[2]);
+    paths
+        .iter()
+        .flat_map(|p| {
+            [
+                "--geoip.database".to_owned(),
+                p.to_str().expect("utf-8 path").to_owned(),
+            ]
+        })
+        .collect()
 }

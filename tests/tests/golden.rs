@@ -18,9 +18,7 @@ use std::{
 use bcrypt as _;
 use geoip_tests::{
     exporter::{Exporter, build_stamp, temp_dir},
-    fixtures::{
-        BR_V4, DE_V4, DE_V6, JP_V4, write_asn_labels_database, write_city_database, write_database,
-    },
+    fixtures::{BR_V4, DE_V4, DE_V6, JP_V4, write_label_databases},
     netns::{HOST_V4, Server, TestNet, sock},
 };
 use geoip_user as _;
@@ -85,35 +83,20 @@ fn shape(text: &str) -> String {
 #[test]
 fn metrics_with_every_option_match_the_golden_file() {
     let dir = temp_dir("golden");
-    let (country_db, asn_db, city_db) = (
-        dir.join("country.mmdb"),
-        dir.join("asn.mmdb"),
-        dir.join("city.mmdb"),
-    );
-    write_database(&country_db);
-    write_asn_labels_database(&asn_db);
-    write_city_database(&city_db);
+    let databases = write_label_databases(&dir);
     let net = TestNet::create("golden", &[DE_V4, DE_V6, JP_V4, BR_V4]);
     let _server = net.serve(PORT);
     let host = TcpListener::bind(sock(HOST_V4, HOST_PORT)).expect("bind the host's port");
     host.set_nonblocking(true).expect("nonblocking");
     let local = Server::start(vec![host]);
-    let path = |p: &Path| p.to_str().expect("utf-8").to_owned();
-    let exporter = Exporter::start(
-        &dir,
-        &[
-            "--geoip.database",
-            &path(&country_db),
-            "--geoip.database",
-            &path(&asn_db),
-            "--geoip.database",
-            &path(&city_db),
-            "--labels=service,asn,city",
-            "--metrics.bytes",
-            "--metrics.duration",
-            "--metrics.legacy-job-location",
-        ],
-    );
+    let mut args: Vec<&str> = databases.iter().map(String::as_str).collect();
+    args.extend([
+        "--labels=service,asn,city",
+        "--metrics.bytes",
+        "--metrics.duration",
+        "--metrics.legacy-job-location",
+    ]);
+    let exporter = Exporter::start(&dir, &args);
     let targets = [DE_V4, DE_V6, JP_V4, BR_V4].map(|h| sock(h, PORT));
     for target in &targets {
         net.check_route(target.ip());

@@ -15,7 +15,8 @@ use bcrypt as _;
 use geoip_tests::{
     exporter::{Exporter, Samples, promtool_check_metrics, run_to_exit, temp_dir},
     fixtures::{
-        BR_V4, DE_V4, DE_V6, JP_V4, write_asn_labels_database, write_city_database, write_database,
+        BR_V4, DE_V4, DE_V6, JP_V4, write_asn_labels_database, write_database,
+        write_label_databases,
     },
     hold::first_line,
     netns::{HOST_V4, TestNet, host_listener, sock},
@@ -57,33 +58,18 @@ fn expect(pairs: &[(String, f64)]) -> BTreeMap<String, f64> {
 #[test]
 fn asn_and_city_families_are_exact_and_capped() {
     let dir = temp_dir("labels");
-    let (country_db, asn_db, city_db) = (
-        dir.join("country.mmdb"),
-        dir.join("asn.mmdb"),
-        dir.join("city.mmdb"),
-    );
-    write_database(&country_db);
-    write_asn_labels_database(&asn_db);
-    write_city_database(&city_db);
+    let databases = write_label_databases(&dir);
     let net = TestNet::create("labels", &[DE_V4, DE_V6, JP_V4, BR_V4]);
     let _server = net.serve(PORT);
     // Before start-up: JP, found by the snapshot, first to get a slot.
     let jp = net.connect_to(sock(JP_V4, PORT));
-    let path = |p: &Path| p.to_str().expect("utf-8").to_owned();
-    let exporter = Exporter::start(
-        &dir,
-        &[
-            "--geoip.database",
-            &path(&country_db),
-            "--geoip.database",
-            &path(&asn_db),
-            "--geoip.database",
-            &path(&city_db),
-            "--labels=asn,city",
-            "--labels.asn-limit=1",
-            "--labels.city-limit=1",
-        ],
-    );
+    let mut args: Vec<&str> = databases.iter().map(String::as_str).collect();
+    args.extend([
+        "--labels=asn,city",
+        "--labels.asn-limit=1",
+        "--labels.city-limit=1",
+    ]);
+    let exporter = Exporter::start(&dir, &args);
     let de: Vec<TcpStream> = [DE_V4, DE_V6]
         .iter()
         .map(|h| net.connect_to(sock(h, PORT)))
