@@ -51,9 +51,6 @@ pub(crate) struct Merged {
 /// existed merged; nothing served yet.
 pub(crate) struct Running {
     found: Merged,
-    /// The kernel program: detached when this is dropped, after the event
-    /// thread stopped.
-    attached: Attached,
     metrics: Metrics,
     state: AppState,
     users: HashMap<String, String>,
@@ -64,6 +61,9 @@ pub(crate) struct Running {
     /// Dropped or sent: the event thread stops.
     stop: oneshot::Sender<()>,
     thread: JoinHandle<()>,
+    /// The kernel program: detached when this is dropped, after the event
+    /// thread stopped (the last field: fields drop in order).
+    attached: Attached,
 }
 
 /// Make the table and its metrics, start the event thread and wait until
@@ -101,6 +101,8 @@ pub(crate) async fn begin(args: &Args, started: Started) -> Result<Running, AppE
     } else {
         Scope::OwnUntagged
     };
+    let reconcile =
+        ReconcilePolicy::of(scope, args.reconcile_interval, args.reconcile_max_interval);
     let (geo_updates, geo_rx) = mpsc::channel(1);
     let (runtime, reader) = event_runtime(probe.ring, probe.control)?;
     let events = EventLoop {
@@ -113,7 +115,7 @@ pub(crate) async fn begin(args: &Args, started: Started) -> Result<Running, AppE
         queries,
         losses,
         bytes_every: (args.bytes && !args.bytes_interval.is_zero()).then_some(args.bytes_interval),
-        reconcile: ReconcilePolicy::of(scope, args.reconcile_interval, args.reconcile_max_interval),
+        reconcile,
         healthy: state.healthy.clone(),
         batch: Vec::new(),
         undecodable: 0,
@@ -131,7 +133,6 @@ pub(crate) async fn begin(args: &Args, started: Started) -> Result<Running, AppE
     let found = merged(ready).await?;
     Ok(Running {
         found,
-        attached: probe.attached,
         metrics,
         state,
         users,
@@ -140,6 +141,7 @@ pub(crate) async fn begin(args: &Args, started: Started) -> Result<Running, AppE
         geo_updates,
         stop,
         thread,
+        attached: probe.attached,
     })
 }
 

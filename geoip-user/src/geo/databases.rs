@@ -126,14 +126,15 @@ impl Databases {
             .iter()
             .map(|o| (o.path.clone(), o.ipv6.as_ref().map(|(p, _)| p.clone())))
             .collect();
-        let roles = Roles::of(&opened, wants)?;
-        let mut country = CountryTable::from_reader(
-            &opened[roles.location].reader,
-            &opened[roles.location].path,
-        )?;
-        if let Some((path, reader)) = &opened[roles.location].ipv6 {
+        // The country database is checked (and flattened) before what
+        // `--labels` needs: its problems are the first to name.
+        let location = location(&opened)?;
+        let mut country =
+            CountryTable::from_reader(&opened[location].reader, &opened[location].path)?;
+        if let Some((path, reader)) = &opened[location].ipv6 {
             country = country.with_ipv6(reader, path)?;
         }
+        let roles = Roles::of(&opened, location, wants)?;
         for (i, o) in opened.iter().enumerate() {
             if i != roles.location && Some(i) != roles.city && Some(i) != roles.asn {
                 tracing::warn!(path = %o.path.display(), kind = o.kind.name(), "GeoIP database not used: --labels asn or --labels city would use it");
@@ -187,22 +188,29 @@ struct Roles {
     asn: Option<usize>,
 }
 
+/// Which of the opened databases gives countries: the country database,
+/// else the city database; with only ASN databases, the first one, which
+/// then says why it is no use alone (no country data), unless it has some
+/// after all.
+fn location(opened: &[Opened]) -> Result<usize, OpenError> {
+    let position = |kind| opened.iter().position(|o: &Opened| o.kind == kind);
+    let location = position(Kind::Country)
+        .or_else(|| position(Kind::City))
+        .unwrap_or(0);
+    if opened.get(location).is_none() {
+        return Err(OpenError::Missing {
+            label: "(any)",
+            what: "a country or city database",
+            examples: "GeoLite2-Country, DB-IP Country lite",
+        });
+    }
+    Ok(location)
+}
+
 impl Roles {
-    fn of(opened: &[Opened], wants: Wants) -> Result<Self, OpenError> {
+    /// The roles of `opened`, `location` giving countries.
+    fn of(opened: &[Opened], location: usize, wants: Wants) -> Result<Self, OpenError> {
         let position = |kind| opened.iter().position(|o: &Opened| o.kind == kind);
-        // Countries from the country database, else the city database;
-        // with only ASN databases, the first one says why it is no use
-        // alone (no country data), unless it has some after all.
-        let location = position(Kind::Country)
-            .or_else(|| position(Kind::City))
-            .unwrap_or(0);
-        if opened.get(location).is_none() {
-            return Err(OpenError::Missing {
-                label: "(any)",
-                what: "a country or city database",
-                examples: "GeoLite2-Country, DB-IP Country lite",
-            });
-        }
         let city = match (wants.city, position(Kind::City)) {
             (false, _) => None,
             (true, Some(i)) => Some(i),

@@ -117,6 +117,10 @@ fn what_labels_need_must_be_given_once() {
     // An ASN database alone has no countries.
     let e = err(std::slice::from_ref(&a), Wants::default());
     assert!(e.contains("has no country data"), "{e}");
+    // Whatever --labels needs besides: the country database's problem
+    // comes first.
+    let e = err(std::slice::from_ref(&a), BOTH);
+    assert!(e.contains("has no country data"), "{e}");
     // A database typed ASN without AS numbers.
     let fake = write(&d, "fake.mmdb", "GeoLite2-ASN", &country());
     let e = err(
