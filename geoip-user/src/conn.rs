@@ -3,7 +3,10 @@
 //! ([`Comm`]), its byte counters ([`Counters`]), and the one form
 //! addresses are kept in ([`canonical`]).
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv6Addr},
+};
 
 /// Who opened the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -57,10 +60,22 @@ impl std::fmt::Debug for ConnKey {
 pub(crate) struct Comm(pub(crate) [u8; 16]);
 
 impl Comm {
-    /// The name, up to its first NUL; `None` when empty.
+    /// The name, up to its first NUL; `None` when empty. Bytes that are
+    /// not UTF-8 are shown as `\xNN` (and a backslash as `\\`), so two
+    /// different names never show alike.
     pub(crate) fn name(&self) -> Option<String> {
         let len = self.0.iter().position(|b| *b == 0).unwrap_or(self.0.len());
-        (len > 0).then(|| String::from_utf8_lossy(&self.0[..len]).into_owned())
+        if len == 0 {
+            return None;
+        }
+        let mut name = String::with_capacity(len);
+        for chunk in self.0[..len].utf8_chunks() {
+            name.push_str(&chunk.valid().replace('\\', "\\\\"));
+            for byte in chunk.invalid() {
+                let _ = write!(name, "\\x{byte:02x}");
+            }
+        }
+        Some(name)
     }
 }
 
@@ -103,4 +118,32 @@ pub(crate) fn from_canonical(addr: u128) -> IpAddr {
 #[cfg(test)]
 pub(crate) fn ip(s: &str) -> u128 {
     canonical(s.parse().unwrap_or_else(|e| panic!("{s}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn comm(bytes: &[u8]) -> Comm {
+        let mut name = [0u8; 16];
+        name[..bytes.len()].copy_from_slice(bytes);
+        Comm(name)
+    }
+
+    /// Names are told apart whatever their bytes: two that are not UTF-8
+    /// never both show as U+FFFD, nor like a name that spells the escape.
+    #[test]
+    fn process_names_are_shown_apart() {
+        assert_eq!(comm(b"nginx").name().as_deref(), Some("nginx"));
+        assert_eq!(comm(b"").name(), None);
+        assert_eq!(comm(b"a\xff").name().as_deref(), Some("a\\xff"));
+        assert_eq!(comm(b"a\\xff").name().as_deref(), Some("a\\\\xff"));
+        assert_eq!(comm(b"a\xfe").name().as_deref(), Some("a\\xfe"));
+        assert_eq!(
+            comm("caf\u{e9}".as_bytes()).name().as_deref(),
+            Some("caf\u{e9}")
+        );
+        let full = comm(b"0123456789abcdef");
+        assert_eq!(full.name().as_deref(), Some("0123456789abcdef"));
+    }
 }
