@@ -13,7 +13,8 @@
 //!   connection's identity, direction, process and byte counters, the
 //!   canonical address form), [`capabilities`] (Linux capabilities),
 //!   [`exclude`] (ranges that are not "the world"), [`capped`] (label
-//!   values capped to the busiest), [`cli`] (the flags), [`logging`].
+//!   values capped to the busiest), [`untrusted_file`] (the one way a
+//!   file from outside is read), [`cli`] (the flags), [`logging`].
 //! - [`kernel`]: the running kernel, its tracefs and BTF; load and attach
 //!   the program; read the ring buffer and decode its records; the
 //!   kernel's loss counts and log lines.
@@ -57,6 +58,7 @@ mod logging;
 mod metrics;
 mod snapshot;
 mod table;
+mod untrusted_file;
 mod web;
 
 use std::process::ExitCode;

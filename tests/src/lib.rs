@@ -1,6 +1,7 @@
 //! Support for geoip-exporter's end-to-end tests (in `tests/`), which run
 //! as root against the real kernel:
 //! - [`mmdb`]: writes `MaxMind` DB files, so the tests make their own databases;
+//!   [`crafted`]: the files no writer makes (search trees a walk cannot finish);
 //! - [`netns`]: test hosts with public-looking addresses in a network
 //!   namespace the test creates;
 //! - [`exporter`]: runs the real binary and reads its `/metrics`;
@@ -21,6 +22,7 @@ use bcrypt as _;
 #[cfg(test)]
 use geoip_user as _;
 
+pub mod crafted;
 pub mod exporter;
 pub mod fixtures;
 pub mod hold;

@@ -65,6 +65,17 @@ impl Value {
         )
     }
 
+    /// The value as the data section holds it.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError`] for a value too large for the format.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, WriteError> {
+        let mut out = Vec::new();
+        self.encode(&mut out)?;
+        Ok(out)
+    }
+
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), WriteError> {
         match self {
             Self::Str(s) => encode_str(out, s)?,
@@ -297,6 +308,14 @@ impl Writer {
         Ok(())
     }
 
+    /// The largest value a record holds.
+    fn max_record(&self) -> Result<u64, WriteError> {
+        match self.record_size {
+            24 | 28 | 32 => Ok((1_u64 << self.record_size) - 1),
+            bits => Err(WriteError::RecordSize(bits)),
+        }
+    }
+
     /// Serializes the database.
     ///
     /// # Errors
@@ -305,10 +324,7 @@ impl Writer {
     /// [`WriteError::RecordOverflow`] if the tree or data section is too large
     /// for the record size.
     pub fn to_bytes(&self) -> Result<Vec<u8>, WriteError> {
-        let max_record = match self.record_size {
-            24 | 28 | 32 => (1_u64 << self.record_size) - 1,
-            bits => return Err(WriteError::RecordSize(bits)),
-        };
+        self.max_record()?;
         let mut nodes = self.nodes.clone();
         if self.width()? == 128 {
             // Point the record for ::ffff:0:0/96 at the node for ::/96.
@@ -342,28 +358,50 @@ impl Writer {
         }
 
         let node_count = order.len();
-        let overflow = |value| WriteError::RecordOverflow {
-            value,
-            record_size: self.record_size,
-        };
         let record_value = |record: Record| {
-            let value = match record {
+            (match record {
                 Record::Empty => node_count,
                 Record::Node(child) => number[child].unwrap_or_default(),
                 Record::Data { id, .. } => {
                     node_count + DATA_SECTION_SEPARATOR + offsets[id].unwrap_or_default()
                 }
-            } as u64;
-            if value <= max_record {
-                Ok(value)
-            } else {
-                Err(overflow(value))
-            }
+            }) as u64
+        };
+        let records: Vec<(u64, u64)> = order
+            .iter()
+            .map(|&node| (record_value(nodes[node][0]), record_value(nodes[node][1])))
+            .collect();
+        self.layout(&records, &data_section)
+    }
+
+    /// The file of a search tree whose node `i` has the records
+    /// `records[i]` (numbers as the format stores them: below the node
+    /// count a node, the node count no data, above it data at that number
+    /// less the node count and 16), followed by `data_section`.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::RecordSize`] for a bad record size,
+    /// [`WriteError::RecordOverflow`] for a record or node count the
+    /// record size cannot hold.
+    pub fn layout(
+        &self,
+        records: &[(u64, u64)],
+        data_section: &[u8],
+    ) -> Result<Vec<u8>, WriteError> {
+        let max_record = self.max_record()?;
+        let overflow = |value| WriteError::RecordOverflow {
+            value,
+            record_size: self.record_size,
         };
         let node_bytes = usize::from(self.record_size / 4);
-        let mut out = Vec::with_capacity(node_count * node_bytes + data_section.len() + 256);
-        for &node in &order {
-            let (left, right) = (record_value(nodes[node][0])?, record_value(nodes[node][1])?);
+        let mut out = Vec::with_capacity(records.len() * node_bytes + data_section.len() + 256);
+        for &(left, right) in records {
+            for value in [left, right] {
+                if value > max_record {
+                    return Err(overflow(value));
+                }
+            }
             // For 28 bits the left record's top nibble sits above the right record.
             let both = match self.record_size {
                 28 => (left & 0xFF_FFFF) << 32 | (left >> 24) << 28 | right,
@@ -372,9 +410,10 @@ impl Writer {
             out.extend_from_slice(&both.to_be_bytes()[8 - node_bytes..]);
         }
         out.extend_from_slice(&[0; DATA_SECTION_SEPARATOR]);
-        out.extend_from_slice(&data_section);
+        out.extend_from_slice(data_section);
         out.extend_from_slice(METADATA_MARKER);
-        let node_count = u32::try_from(node_count).map_err(|_| overflow(node_count as u64))?;
+        let node_count =
+            u32::try_from(records.len()).map_err(|_| overflow(records.len() as u64))?;
         let metadata = Value::map([
             ("node_count", Value::U32(node_count)),
             ("record_size", Value::U16(self.record_size)),

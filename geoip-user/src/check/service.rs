@@ -1,11 +1,14 @@
 //! The packaged service's flags: where they live, the words systemd
 //! passes, and what the unit's sandbox would refuse of them.
 
-use std::{ffi::OsString, io, process::ExitCode};
+use std::{ffi::OsString, path::Path, process::ExitCode};
 
 use clap::Parser as _;
 
-use crate::cli::Args;
+use crate::{
+    cli::Args,
+    untrusted_file::{self, FileError},
+};
 
 /// Where the packaged service's flags live (`EnvironmentFile=` of the unit).
 pub(super) const SERVICE_DEFAULTS: &str = "/etc/default/geoip-exporter";
@@ -25,9 +28,9 @@ pub(super) fn flags(given: Args, argv: &[OsString]) -> Result<(Args, bool), Exit
         );
         return Ok((given, false));
     }
-    let text = match std::fs::read_to_string(SERVICE_DEFAULTS) {
+    let text = match untrusted_file::read_to_string(Path::new(SERVICE_DEFAULTS), 64 << 10) {
         Ok(text) => text,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+        Err(FileError::NotFound) => {
             println!("flags: the defaults ({SERVICE_DEFAULTS} does not exist)");
             return Ok((given, false));
         }

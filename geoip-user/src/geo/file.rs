@@ -2,12 +2,14 @@
 //! DB, and say what it is; and the errors of opening and looking up.
 
 use std::{
-    io,
     net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use maxminddb::{MaxMindDbError, Reader};
+
+use super::tree;
+use crate::untrusted_file::{self, FileError};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum OpenError {
@@ -20,7 +22,7 @@ pub(crate) enum OpenError {
     Unreadable {
         path: PathBuf,
         #[source]
-        source: io::Error,
+        source: FileError,
     },
     #[error(
         "GeoIP database {} is empty (0 bytes); download it again (`cargo xtask fetch-db`) or pass another --geoip.database",
@@ -101,29 +103,64 @@ pub(crate) struct LookupError {
     pub(super) addr: IpAddr,
 }
 
-/// Read the database file at `path` whole and check it is a MaxMind DB.
+/// The largest database file read: the largest real ones (commercial
+/// city and ISP databases) are a few hundred megabytes.
+pub(crate) const MAX_DATABASE_BYTES: u64 = 2 << 30;
+
+/// Where a MaxMind DB's metadata begins: within its last 128 KiB.
+const METADATA_MARKER: &[u8] = b"\xab\xcd\xefMaxMind.com";
+const METADATA_SPAN: u64 = 128 << 10;
+
+/// Read the database file at `path` whole and check it is a MaxMind DB:
+/// a regular file of at most [`MAX_DATABASE_BYTES`] whose last 128 KiB
+/// hold the metadata (looked at before the rest is read).
 pub(super) fn read(path: &Path) -> Result<Reader<Vec<u8>>, OpenError> {
-    let bytes = std::fs::read(path).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => OpenError::NotFound {
+    let unreadable = |source| match source {
+        FileError::NotFound => OpenError::NotFound {
             path: path.to_owned(),
         },
-        _ => OpenError::Unreadable {
+        source => OpenError::Unreadable {
             path: path.to_owned(),
             source,
         },
-    })?;
-    check(bytes, path)
+    };
+    let file = untrusted_file::open(path, MAX_DATABASE_BYTES).map_err(unreadable)?;
+    if file.size() == 0 {
+        return Err(OpenError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    let tail = file.tail(METADATA_SPAN).map_err(unreadable)?;
+    if rfind(&tail, METADATA_MARKER).is_none() {
+        return Err(OpenError::Invalid {
+            path: path.to_owned(),
+            source: MaxMindDbError::invalid_database("no MaxMind DB metadata in its last 128 KiB"),
+        });
+    }
+    check(file.read_all().map_err(unreadable)?, path)
 }
 
-/// Check that `bytes`, read from `path`, are a MaxMind DB.
+fn rfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).rposition(|w| w == needle)
+}
+
+/// Check that `bytes`, read from `path`, are a MaxMind DB whose search
+/// tree a walk can follow in bounded time ([`tree::check`]).
 pub(super) fn check(bytes: Vec<u8>, path: &Path) -> Result<Reader<Vec<u8>>, OpenError> {
     if bytes.is_empty() {
         return Err(OpenError::Empty {
             path: path.to_owned(),
         });
     }
-    Reader::from_source(bytes).map_err(|source| OpenError::Invalid {
+    let invalid = |source| OpenError::Invalid {
         path: path.to_owned(),
         source,
-    })
+    };
+    let meta = Reader::from_source(bytes.as_slice())
+        .map_err(invalid)?
+        .metadata()
+        .clone();
+    let node_count = usize::try_from(meta.node_count).unwrap_or(usize::MAX);
+    tree::check(&bytes, node_count, meta.record_size, meta.ip_version).map_err(invalid)?;
+    Reader::from_source(bytes).map_err(invalid)
 }

@@ -8,7 +8,8 @@
 //! in the file, record by record ([`records`]: [`asn`], [`city`]), each
 //! distinct record decoded once.
 //!
-//! From the file up: [`file`](mod@file) reads one file and checks it is a MaxMind DB;
+//! From the file up: [`file`](mod@file) reads one file and checks it is a MaxMind DB
+//! whose search tree [`tree`] can walk in bounded time;
 //! [`field`] and [`country`] decode the country in every record layout
 //! users have; [`databases`] opens every `--geoip.database` and decides
 //! what each one provides.
@@ -24,6 +25,7 @@ mod ranges;
 mod records;
 #[cfg(test)]
 mod tests;
+mod tree;
 
 pub(crate) use asn::AsInfo;
 pub(crate) use city::City;

@@ -6,7 +6,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use geoip_tests::mmdb::{Value, Writer};
+use geoip_tests::{
+    crafted,
+    mmdb::{Value, Writer},
+};
 use maxminddb::Reader;
 
 use super::{
@@ -382,4 +385,38 @@ fn country_codes_are_bounded() {
     assert_eq!(Country::from_code("1A"), Country::UNKNOWN);
     assert_eq!(Country::from_code("é"), Country::UNKNOWN);
     assert_eq!(Country::UNKNOWN.as_str(), "unknown");
+}
+
+/// Structurally valid files whose search trees a walk could not finish
+/// (shared nodes: 2^60 paths, with data at the end or not; a circle) are
+/// refused at once, as damaged, naming the file.
+#[test]
+fn search_trees_a_walk_cannot_finish_are_refused_at_once() {
+    let dir = tempdir("crafted");
+    for (name, bytes, says) in [
+        (
+            "shared.mmdb",
+            crafted::shared_nodes(60, true),
+            "unfolds into more than",
+        ),
+        (
+            "shared-empty.mmdb",
+            crafted::shared_nodes(60, false),
+            "unfolds into more than",
+        ),
+        (
+            "circle.mmdb",
+            crafted::circular(),
+            "deeper than an address's 32 bits",
+        ),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let started = std::time::Instant::now();
+        let err = CountryTable::open(&path).err().unwrap();
+        assert!(matches!(err, OpenError::Invalid { .. }), "{err:?}");
+        let text = crate::error::chain(&err);
+        assert!(text.contains(name) && text.contains(says), "{text}");
+        assert!(started.elapsed().as_secs() < 1, "{:?}", started.elapsed());
+    }
 }

@@ -19,13 +19,17 @@
 
 use std::{
     collections::HashMap,
-    io,
     path::{Path, PathBuf},
 };
 
 use serde::Deserialize;
 
 use super::tls::{ClientAuth, MinVersion, TlsFileError, TlsReloader, TlsSettings};
+use crate::untrusted_file::{self, FileError};
+
+/// The largest web config file read (a few users and TLS paths are a few
+/// hundred bytes).
+const MAX_WEB_CONFIG_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum WebConfigError {
@@ -33,7 +37,7 @@ pub(crate) enum WebConfigError {
     Read {
         path: PathBuf,
         #[source]
-        source: io::Error,
+        source: FileError,
     },
     #[error("web config file {path} is not valid: {message}")]
     Invalid { path: PathBuf, message: String },
@@ -78,10 +82,13 @@ pub(crate) struct WebConfig {
 impl WebConfig {
     /// Read and check the file, including that the TLS files load.
     pub(crate) fn load(path: &Path) -> Result<Self, WebConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| WebConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            untrusted_file::read_to_string(path, MAX_WEB_CONFIG_BYTES).map_err(|source| {
+                WebConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
         let (tls, users) = parse(path, &text)?;
         Ok(Self {
             tls: tls.map(TlsReloader::new).transpose()?,

@@ -17,6 +17,12 @@ use rustls::{
 };
 use serde::Deserialize;
 
+use crate::untrusted_file;
+
+/// The largest certificate, key or CA file read (a chain of a dozen
+/// certificates is tens of kilobytes).
+const MAX_TLS_FILE_BYTES: u64 = 1 << 20;
+
 /// A TLS file named by the web config file cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("web config file {path}: {what} {file} cannot be used")]
@@ -130,14 +136,59 @@ impl TlsSettings {
         }
     }
 
+    /// The whole file `file` (a regular file of at most
+    /// [`MAX_TLS_FILE_BYTES`]), read as the config's `what`.
+    fn read(&self, what: &'static str, file: &Path) -> Result<Vec<u8>, TlsFileError> {
+        untrusted_file::read(file, MAX_TLS_FILE_BYTES).map_err(|e| self.error(what, file, e))
+    }
+
+    /// The certificates of the PEM file `file`, read as `what`.
+    fn certificates(
+        &self,
+        what: &'static str,
+        file: &Path,
+    ) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
+        CertificateDer::pem_slice_iter(&self.read(what, file)?)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.error(what, file, e))
+    }
+
+    /// The client certificate verifier, when clients are asked for one.
+    fn client_verifier(
+        &self,
+        provider: &Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, TlsFileError> {
+        let (Some(ca), auth) = (&self.client_ca, self.client_auth) else {
+            return Ok(None);
+        };
+        if auth == ClientAuth::NoClientCert {
+            return Ok(None);
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in self.certificates("client_ca_file", ca)? {
+            roots
+                .add(cert)
+                .map_err(|e| self.error("client_ca_file", ca, e))?;
+        }
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+        let verifier = if auth == ClientAuth::VerifyClientCertIfGiven {
+            verifier.allow_unauthenticated()
+        } else {
+            verifier
+        };
+        verifier
+            .build()
+            .map(Some)
+            .map_err(|e| self.error("client_ca_file", ca, e))
+    }
+
     fn build(&self) -> Result<ServerConfig, TlsFileError> {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
-            .and_then(Iterator::collect)
-            .map_err(|e| self.error("cert_file", &self.cert, e))?;
+        let certs = self.certificates("cert_file", &self.cert)?;
         if certs.is_empty() {
             return Err(self.error("cert_file", &self.cert, "no certificate in it"));
         }
-        let key = PrivateKeyDer::from_pem_file(&self.key)
+        let key = PrivateKeyDer::from_pem_slice(&self.read("key_file", &self.key)?)
             .map_err(|e| self.error("key_file", &self.key, e))?;
         let versions: &[&rustls::SupportedProtocolVersion] = match self.min_version {
             MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -147,31 +198,9 @@ impl TlsSettings {
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(|e| self.error("min_version", &self.cert, e))?;
-        let builder = match (&self.client_ca, self.client_auth) {
-            (Some(ca), auth) if auth != ClientAuth::NoClientCert => {
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in CertificateDer::pem_file_iter(ca)
-                    .map_err(|e| self.error("client_ca_file", ca, e))?
-                {
-                    let cert = cert.map_err(|e| self.error("client_ca_file", ca, e))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| self.error("client_ca_file", ca, e))?;
-                }
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-                let verifier = if auth == ClientAuth::VerifyClientCertIfGiven {
-                    verifier.allow_unauthenticated()
-                } else {
-                    verifier
-                };
-                builder.with_client_cert_verifier(
-                    verifier
-                        .build()
-                        .map_err(|e| self.error("client_ca_file", ca, e))?,
-                )
-            }
-            _ => builder.with_no_client_auth(),
+        let builder = match self.client_verifier(&provider)? {
+            Some(verifier) => builder.with_client_cert_verifier(verifier),
+            None => builder.with_no_client_auth(),
         };
         let mut config = builder
             .with_single_cert(certs, key)
