@@ -83,6 +83,7 @@ pub fn main() -> ExitCode {
     if args.check || args.command.is_some() {
         return check::run_check(args);
     }
+    app::hold_hangup();
     logging::init(args.log_level);
     app::run_exporter(&args)
 }

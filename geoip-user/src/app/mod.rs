@@ -9,9 +9,10 @@
 //! After that [`begin`] ([`running`]) starts the one task that owns the
 //! connection table ([`event_loop`], reconciling as [`reconcile`] says)
 //! and waits for the merge; [`running::Running::serve`] serves HTTP and reloads
-//! the databases when their files change ([`reload`]) until a signal
-//! ([`signals`]) ends it.
+//! the databases when their files change ([`reload`], watching their
+//! directories with [`dir_watch`]) until a signal ([`signals`]) ends it.
 
+mod dir_watch;
 mod error;
 mod event_loop;
 mod reconcile;
@@ -20,13 +21,17 @@ mod running;
 mod signals;
 mod startup;
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 pub(crate) use error::AppError;
 pub(crate) use running::begin;
+pub(crate) use signals::hold_hangup;
 pub(crate) use startup::{open_databases, start};
 
 use crate::cli::Args;
+
+/// How long blocking tasks still running may hold up the exit.
+const EXIT_DEADLINE: Duration = Duration::from_millis(200);
 
 /// Start, serve until SIGINT or SIGTERM, and the exit code.
 pub(crate) fn run_exporter(args: &Args) -> ExitCode {
@@ -56,6 +61,9 @@ pub(crate) fn run_exporter(args: &Args) -> ExitCode {
             .serve(args, signals::shutdown())
             .await
     });
+    // A blocking task still running (a reload reading a file system that
+    // does not answer) must not hold the exit back.
+    runtime.shutdown_timeout(EXIT_DEADLINE);
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => failed(&err),

@@ -21,7 +21,7 @@ use super::{
     error::AppError,
     event_loop::{EventLoop, Ready},
     reconcile::ReconcilePolicy,
-    reload::Reloader,
+    reload::{RELOAD_TIMEOUT, Reloader},
     startup::{Started, wants},
 };
 use crate::{
@@ -183,6 +183,8 @@ impl Running {
                 to_tracker: self.geo_updates.clone(),
                 metrics: self.metrics.clone(),
                 state: self.state.clone(),
+                timeout: RELOAD_TIMEOUT,
+                open: Databases::open_until,
             }
             .watch(),
         );

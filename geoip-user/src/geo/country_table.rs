@@ -4,7 +4,12 @@
 //! itself not kept. A lookup is then a few memory reads, with no decoding
 //! and no cache.
 
-use std::{collections::HashMap, net::IpAddr, path::Path};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use maxminddb::{MaxMindDbError, Reader};
 
@@ -17,6 +22,10 @@ use super::{
     file::{DatabaseInfo, LookupError, OpenError},
     ranges::{Ranges, RangesBuilder, V4Ranges, V6},
 };
+
+/// How many networks the flattening reads between two looks at whether to
+/// give up.
+const STOP_EVERY: usize = 1 << 16;
 
 /// A country database, flattened: every network's country, as sorted
 /// ranges. The file itself is not kept.
@@ -31,23 +40,32 @@ impl CountryTable {
     /// Open `path`, check it is a MaxMind DB that has country data.
     #[cfg(any(test, feature = "bench"))]
     pub(crate) fn open(path: &Path) -> Result<Self, OpenError> {
-        Self::from_reader(&read(path)?, path)
+        Self::from_reader(&read(path)?, path, &AtomicBool::new(false))
     }
 
     /// Check and flatten the database `bytes`, read from `path`.
     #[cfg(feature = "fuzzing")]
     pub(crate) fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Self, OpenError> {
-        Self::from_reader(&check(bytes, path)?, path)
+        Self::from_reader(&check(bytes, path)?, path, &AtomicBool::new(false))
     }
 
-    /// Check and flatten the database `reader` reads, from `path`.
-    pub(crate) fn from_reader(reader: &Reader<Vec<u8>>, path: &Path) -> Result<Self, OpenError> {
+    /// Check and flatten the database `reader` reads, from `path`; given
+    /// up when `stop` is set.
+    pub(crate) fn from_reader(
+        reader: &Reader<Vec<u8>>,
+        path: &Path,
+        stop: &AtomicBool,
+    ) -> Result<Self, OpenError> {
         let invalid = |source| OpenError::Invalid {
             path: path.to_owned(),
             source,
         };
         let info = DatabaseInfo::of(reader, path);
-        let flat = Flattener::flatten(reader).map_err(invalid)?;
+        let Some(flat) = Flattener::flatten(reader, stop).map_err(invalid)? else {
+            return Err(OpenError::GivenUp {
+                path: path.to_owned(),
+            });
+        };
         if !flat.has_country {
             return Err(OpenError::NoCountry {
                 path: path.to_owned(),
@@ -70,8 +88,9 @@ impl CountryTable {
         self,
         reader: &Reader<Vec<u8>>,
         path: &Path,
+        stop: &AtomicBool,
     ) -> Result<Self, OpenError> {
-        let ipv6 = Self::from_reader(reader, path)?;
+        let ipv6 = Self::from_reader(reader, path, stop)?;
         Ok(Self {
             v6: ipv6.v6,
             ..self
@@ -133,7 +152,12 @@ struct Flattener {
 }
 
 impl Flattener {
-    fn flatten(reader: &Reader<Vec<u8>>) -> Result<Self, MaxMindDbError> {
+    /// Every network of `reader`; `None` when `stop` was set meanwhile
+    /// (looked at every [`STOP_EVERY`] networks).
+    fn flatten(
+        reader: &Reader<Vec<u8>>,
+        stop: &AtomicBool,
+    ) -> Result<Option<Self>, MaxMindDbError> {
         let mut out = Self {
             v4: RangesBuilder::new(),
             v6: RangesBuilder::new(),
@@ -153,6 +177,9 @@ impl Flattener {
                 .entry(offset)
                 .or_insert_with(|| decode_country(&network).unwrap_or(Country::DAMAGED));
             out.networks += 1;
+            if out.networks.is_multiple_of(STOP_EVERY) && stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
             out.has_country |= country != Country::UNKNOWN && country != Country::DAMAGED;
             let net = network.network()?;
             match net.network() {
@@ -167,6 +194,6 @@ impl Flattener {
                 }
             }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 }

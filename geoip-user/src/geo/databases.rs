@@ -18,7 +18,10 @@
 //! family, and the pair then answers as one database. A database that is
 //! used for nothing is only logged.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::AtomicBool,
+};
 
 use maxminddb::Reader;
 
@@ -119,6 +122,16 @@ impl Databases {
     /// Open every file of `paths` (at least one) and decide what each
     /// provides.
     pub(crate) fn open(paths: &[PathBuf], wants: Wants) -> Result<Self, OpenError> {
+        Self::open_until(paths, wants, &AtomicBool::new(false))
+    }
+
+    /// [`Self::open`], given up when `stop` is set (a reload that took too
+    /// long: the flattening of the country database looks at it).
+    pub(crate) fn open_until(
+        paths: &[PathBuf],
+        wants: Wants,
+        stop: &AtomicBool,
+    ) -> Result<Self, OpenError> {
         let opened = read_all(paths)?;
         // Where each one's files are, to read them again if one is used
         // twice.
@@ -130,9 +143,9 @@ impl Databases {
         // `--labels` needs: its problems are the first to name.
         let location = location(&opened)?;
         let mut country =
-            CountryTable::from_reader(&opened[location].reader, &opened[location].path)?;
+            CountryTable::from_reader(&opened[location].reader, &opened[location].path, stop)?;
         if let Some((path, reader)) = &opened[location].ipv6 {
-            country = country.with_ipv6(reader, path)?;
+            country = country.with_ipv6(reader, path, stop)?;
         }
         let roles = Roles::of(&opened, location, wants)?;
         for (i, o) in opened.iter().enumerate() {

@@ -25,6 +25,11 @@ pub(crate) enum OpenError {
         source: FileError,
     },
     #[error(
+        "reading GeoIP database {} was given up: it took longer than a reload may; it stays unused",
+        path.display()
+    )]
+    GivenUp { path: PathBuf },
+    #[error(
         "GeoIP database {} is empty (0 bytes); download it again (`cargo xtask fetch-db`) or pass another --geoip.database",
         path.display()
     )]
