@@ -142,7 +142,7 @@ pub(crate) struct Args {
     pub(crate) bytes: bool,
 
     /// How often the bytes of connections still open are counted (a sock_diag pass over every namespace), with --metrics.bytes: a duration such as 60s or 5m; 0 counts them only when they close.
-    #[arg(long = "metrics.bytes-interval", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long = "metrics.bytes-interval", value_name = "DURATION", default_value = "60s", value_parser = parse_interval)]
     pub(crate) bytes_interval: Duration,
 
     /// Also export the original tool's job_location{location} gauge (connections by country code, both directions), for dashboards built on sum(job_location) by (location).
@@ -154,11 +154,11 @@ pub(crate) struct Args {
     pub(crate) ring_buffer_bytes: u32,
 
     /// How often to look whether the kernel lost or skipped events since the last reconcile, and if it did, compare the connection table with the kernel's socket table (sock_diag, every network namespace) and repair it: a duration such as 60s, 5m or 1m30s; 0 disables reconciling.
-    #[arg(long = "reconcile.interval", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long = "reconcile.interval", value_name = "DURATION", default_value = "60s", value_parser = parse_interval)]
     pub(crate) reconcile_interval: Duration,
 
     /// Reconcile at least this often even when no event was lost (a safety net; with no loss the table is exact). Checked every --reconcile.interval; set it to the same value to reconcile every interval; 0 reconciles only after losses.
-    #[arg(long = "reconcile.max-interval", value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    #[arg(long = "reconcile.max-interval", value_name = "DURATION", default_value = "15m", value_parser = parse_interval)]
     pub(crate) reconcile_max_interval: Duration,
 
     /// Check whether this host can run the exporter with these flags, and exit without serving: kernel version, BTF, tracepoint, capabilities, ring buffer, database, listen address, then the real start-up (load and attach the program, take the snapshot). One line per item, ok/warn/FAILED/skipped, with what to do. Given no other flag, checks the flags of the packaged service (/etc/default/geoip-exporter). The same as the command `check`.
@@ -230,16 +230,27 @@ pub(crate) fn parse_listen_address(value: &str) -> Result<SocketAddr, String> {
     value.parse().map_err(|_| bad())
 }
 
+/// The paths the exporter serves besides its metrics.
+const OWN_PATHS: [&str; 3] = ["/", "/healthz", "/assets/world.json"];
+
 fn parse_telemetry_path(value: &str) -> Result<String, String> {
-    let ok = value.starts_with('/')
-        && value.len() > 1
-        && !value.contains(['?', '#', '*', '{', '}', ' '])
-        && !["/healthz", "/api"].iter().any(|p| value.starts_with(p));
+    let segment_ok = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    };
+    let ok = value
+        .strip_prefix('/')
+        .is_some_and(|rest| rest.split('/').all(segment_ok))
+        && !OWN_PATHS.contains(&value)
+        && value.split('/').nth(1) != Some("api");
     if ok {
         Ok(value.to_owned())
     } else {
         Err(format!(
-            "{value:?} is not a usable path: it must start with '/', not be '/', '/healthz' or under '/api', and have no '?', '#', '*', braces or spaces"
+            "{value:?} is not a usable path: it must start with '/' and hold only letters, digits and - . _ ~ between single slashes, and not be '/', '/healthz', '/assets/world.json' or under '/api'"
         ))
     }
 }
@@ -298,7 +309,20 @@ fn parse_count(value: &str, min: usize, max: usize) -> Result<usize, String> {
 
 fn parse_positive_duration(value: &str) -> Result<Duration, String> {
     match parse_duration(value)? {
-        Duration::ZERO => Err(format!("{value:?} must be longer than 0 (e.g. 10s)")),
+        d if d < Duration::from_millis(100) => Err(format!(
+            "{value:?} is shorter than the least, 100ms (e.g. 10s)"
+        )),
+        d => Ok(d),
+    }
+}
+
+/// An interval of background work: 0 (off), or at least a second (a
+/// shorter one would keep an idle exporter busy).
+fn parse_interval(value: &str) -> Result<Duration, String> {
+    match parse_duration(value)? {
+        d if !d.is_zero() && d < Duration::from_secs(1) => Err(format!(
+            "{value:?} is shorter than the least, 1s (0 turns it off; e.g. 60s)"
+        )),
         d => Ok(d),
     }
 }
@@ -448,6 +472,29 @@ mod tests {
         assert_eq!(old.ring_buffer_bytes, 16384, "the old spelling still works");
     }
 
+    /// A path under `/api` is refused by segment: `/apix` is a path of
+    /// its own; the other routes' paths are refused, every other sane one
+    /// taken.
+    #[test]
+    fn telemetry_paths_by_segment() {
+        for ok in [
+            "/metrics",
+            "/apix",
+            "/m/x-1.v2",
+            "/healthzz",
+            "/assets/other.json",
+        ] {
+            assert_eq!(parse_telemetry_path(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "/api", "/api/x", "/healthz", "/", "/a/./b", "/a/../b", "/a/", "/a b",
+        ] {
+            assert!(parse_telemetry_path(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_interval("0"), Ok(Duration::ZERO), "0 turns it off");
+        assert_eq!(parse_interval("1s"), Ok(Duration::from_secs(1)));
+    }
+
     #[test]
     fn durations() {
         for (text, want) in [
@@ -474,6 +521,31 @@ mod tests {
             (vec!["--web.listen-address", ":99999"], ":99999"),
             (vec!["--web.telemetry-path", "metrics"], "\"metrics\""),
             (vec!["--web.telemetry-path", "/"], "\"/\""),
+            (
+                vec!["--web.telemetry-path", "/assets/world.json"],
+                "\"/assets/world.json\" is not a usable path",
+            ),
+            (vec!["--web.telemetry-path", "/:p"], "\"/:p\""),
+            (vec!["--web.telemetry-path", "/x/:y"], "\"/x/:y\""),
+            (vec!["--web.telemetry-path", "/x//y"], "\"/x//y\""),
+            (vec!["--web.telemetry-path", "/api/m"], "\"/api/m\""),
+            (vec!["--web.telemetry-path", "/{m}"], "\"/{m}\""),
+            (
+                vec!["--reconcile.interval", "1ms"],
+                "\"1ms\" is shorter than the least, 1s",
+            ),
+            (
+                vec!["--metrics.bytes-interval", "999ms"],
+                "\"999ms\" is shorter",
+            ),
+            (
+                vec!["--reconcile.max-interval", "10ms"],
+                "\"10ms\" is shorter",
+            ),
+            (
+                vec!["--web.read-header-timeout", "1ms"],
+                "\"1ms\" is shorter than the least, 100ms",
+            ),
             (vec!["--ringbuf.size-bytes", "5000"], "\"5000\""),
             (vec!["--reconcile.interval", "soon"], "\"soon\""),
             (vec!["--reconcile.max-interval", "1 h"], "\"1 h\""),

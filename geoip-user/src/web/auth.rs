@@ -5,6 +5,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -14,13 +15,19 @@ use axum::{
     middleware::Next,
     response::IntoResponse as _,
 };
+use tokio::sync::Semaphore;
 
 /// Require basic auth on every path but `/healthz` (which says only
 /// whether the exporter works, and which liveness probes must reach).
+/// Checks run off the runtime's threads, [`MAX_CHECKS`] at a time (a
+/// request that waits longer than [`CHECK_WAIT`] for its turn is answered
+/// 503), and a refusal takes as long as a check of the slowest hash, so
+/// its time tells nothing of which users exist.
 pub(crate) fn with_basic_auth(router: Router, auth: Arc<BasicAuth>) -> Router {
+    let turns = Arc::new(Semaphore::new(MAX_CHECKS));
     router.layer(axum::middleware::from_fn(
         move |req: Request, next: Next| {
-            let auth = auth.clone();
+            let (auth, turns) = (auth.clone(), turns.clone());
             async move {
                 if req.uri().path() == "/healthz" {
                     return next.run(req).await;
@@ -30,23 +37,62 @@ pub(crate) fn with_basic_auth(router: Router, auth: Arc<BasicAuth>) -> Router {
                     .get(header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                // bcrypt is slow on purpose: off the runtime's threads.
-                let ok = tokio::task::spawn_blocking(move || auth.check(value.as_deref()))
-                    .await
-                    .unwrap_or(false);
-                if ok {
-                    next.run(req).await
-                } else {
-                    (
+                match admitted(&auth, &turns, value).await {
+                    Some(true) => next.run(req).await,
+                    Some(false) => (
                         StatusCode::UNAUTHORIZED,
                         [(header::WWW_AUTHENTICATE, "Basic realm=\"geoip-exporter\"")],
                         "unauthorized\n",
                     )
-                        .into_response()
+                        .into_response(),
+                    None => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many password checks under way; retry\n",
+                    )
+                        .into_response(),
                 }
             }
         },
     ))
+}
+
+/// Password checks run at once (bcrypt takes a core for its time).
+const MAX_CHECKS: usize = 2;
+
+/// The longest a request waits for its turn to be checked.
+const CHECK_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether `authorization` lets the request in; `None` when its turn did
+/// not come within [`CHECK_WAIT`]. A refusal is answered no sooner than
+/// [`BasicAuth::refusal`] after the check began.
+async fn admitted(
+    auth: &Arc<BasicAuth>,
+    turns: &Arc<Semaphore>,
+    authorization: Option<String>,
+) -> Option<bool> {
+    if auth.passed_before(authorization.as_deref()) {
+        return Some(true);
+    }
+    let turn = tokio::time::timeout(CHECK_WAIT, turns.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()?;
+    let began = Instant::now();
+    let checking = auth.clone();
+    // bcrypt is slow on purpose: off the runtime's threads. A check whose
+    // request is gone still ends within one slowest check (the cost is
+    // bounded at load) and holds its turn until then.
+    let ok = tokio::task::spawn_blocking(move || {
+        let ok = checking.check(authorization.as_deref());
+        drop(turn);
+        ok
+    })
+    .await
+    .unwrap_or(false);
+    if !ok {
+        tokio::time::sleep(auth.refusal.saturating_sub(began.elapsed())).await;
+    }
+    Some(ok)
 }
 
 /// Checks `Authorization: Basic` against the configured users; remembers
@@ -55,23 +101,46 @@ pub(crate) fn with_basic_auth(router: Router, auth: Arc<BasicAuth>) -> Router {
 pub(crate) struct BasicAuth {
     users: HashMap<String, String>,
     passed: Mutex<HashSet<String>>,
-    /// Verified when the user is unknown, so that the answer takes as long.
+    /// Verified when the user is unknown, at the highest cost of the
+    /// users' hashes, so that the answer takes as long.
     dummy: String,
+    /// How long one check against the slowest hash takes: no refusal is
+    /// answered sooner.
+    refusal: Duration,
 }
 
 const CACHE_MAX: usize = 256;
 
 impl BasicAuth {
+    /// The users and their hashes (checked at load: their costs are
+    /// bounded). Takes the time of one check at the highest cost, to
+    /// measure it.
     pub(crate) fn new(users: HashMap<String, String>) -> Self {
         let cost = users
             .values()
-            .find_map(|h| h.parse::<bcrypt::HashParts>().ok())
-            .map_or(bcrypt::DEFAULT_COST, |p| p.get_cost());
+            .filter_map(|h| h.parse::<bcrypt::HashParts>().ok())
+            .map(|p| p.get_cost())
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let dummy = bcrypt::hash("not anyone's password", cost).unwrap_or_default();
+        let began = Instant::now();
+        let _ = bcrypt::verify("a wrong password", &dummy);
         Self {
             users,
             passed: Mutex::new(HashSet::new()),
-            dummy: bcrypt::hash("not anyone's password", cost).unwrap_or_default(),
+            dummy,
+            refusal: began.elapsed(),
         }
+    }
+
+    /// Whether `authorization` passed a check before (no new check needed).
+    fn passed_before(&self, authorization: Option<&str>) -> bool {
+        authorization.is_some_and(|value| {
+            self.passed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(value)
+        })
     }
 
     /// Whether the `Authorization` header value lets the request in.
@@ -138,5 +207,50 @@ mod tests {
         assert!(!auth.check(Some("Bearer x")));
         assert!(!auth.check(Some("Basic !!!")));
         assert!(!auth.check(None));
+    }
+
+    /// With hashes of two costs, a refusal (an unknown user, a wrong
+    /// password of the cheaper hash) takes as long as a check of the
+    /// dearer one: the time does not tell which users exist.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refusals_take_as_long_whoever_is_asked_for() {
+        use base64::Engine as _;
+        let users = [
+            ("cheap".to_owned(), bcrypt::hash("right", 4).unwrap()),
+            ("dear".to_owned(), bcrypt::hash("right", 9).unwrap()),
+        ];
+        let auth = Arc::new(BasicAuth::new(users.into()));
+        let turns = Arc::new(Semaphore::new(MAX_CHECKS));
+        let header = |user: &str, pass: &str| {
+            Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+            ))
+        };
+        let timed = |value| {
+            let (auth, turns) = (auth.clone(), turns.clone());
+            async move {
+                let began = Instant::now();
+                let ok = admitted(&auth, &turns, value).await;
+                (ok, began.elapsed())
+            }
+        };
+        let (ok, cheap) = timed(header("cheap", "wrong")).await;
+        assert_eq!(ok, Some(false));
+        let (ok, unknown) = timed(header("nobody", "wrong")).await;
+        assert_eq!(ok, Some(false));
+        assert!(
+            cheap >= auth.refusal && unknown >= auth.refusal,
+            "{cheap:?} {unknown:?} {:?}",
+            auth.refusal
+        );
+        let began = Instant::now();
+        assert!(bcrypt::verify("x", &bcrypt::hash("y", 4).unwrap()).is_ok());
+        assert!(
+            auth.refusal > began.elapsed() * 4,
+            "the floor is the dear hash's: {:?}",
+            auth.refusal
+        );
+        assert_eq!(timed(header("cheap", "right")).await.0, Some(true));
     }
 }

@@ -45,6 +45,16 @@ pub(crate) enum WebConfigError {
         "web config file {path}: basic_auth_users.{user} is not a bcrypt hash (it starts with $2a$, $2b$ or $2y$ and has 60 characters; make one with `htpasswd -nBC 10 {user}`)"
     )]
     Hash { path: PathBuf, user: String },
+    #[error(
+        "web config file {path}: basic_auth_users.{user} has bcrypt cost {cost}, outside {min} to {max}: a higher cost makes each check of a wrong password take seconds of CPU, a lower one is not bcrypt; 10 is the usual choice (`htpasswd -nBC 10 {user}`)",
+        min = MIN_COST,
+        max = MAX_COST
+    )]
+    Cost {
+        path: PathBuf,
+        user: String,
+        cost: u32,
+    },
     #[error(transparent)]
     Tls(#[from] TlsFileError),
 }
@@ -97,6 +107,35 @@ impl WebConfig {
     }
 }
 
+/// The bcrypt costs a hash may have: 4 is bcrypt's least; one check at 14
+/// takes about a second of CPU (10, the usual choice, a few dozen
+/// milliseconds).
+pub(crate) const MIN_COST: u32 = 4;
+pub(crate) const MAX_COST: u32 = 14;
+
+/// `hash`, the hash of `user` in the file at `path`, is a bcrypt hash of
+/// a cost from [`MIN_COST`] to [`MAX_COST`].
+fn check_hash(path: &Path, user: &str, hash: &str) -> Result<(), WebConfigError> {
+    let parts = (hash.len() == 60 && ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p)))
+        .then(|| hash.parse::<bcrypt::HashParts>().ok())
+        .flatten();
+    let Some(parts) = parts.filter(|_| !user.is_empty() && !user.contains(':')) else {
+        return Err(WebConfigError::Hash {
+            path: path.to_owned(),
+            user: user.to_owned(),
+        });
+    };
+    let cost = parts.get_cost();
+    if !(MIN_COST..=MAX_COST).contains(&cost) {
+        return Err(WebConfigError::Cost {
+            path: path.to_owned(),
+            user: user.to_owned(),
+            cost,
+        });
+    }
+    Ok(())
+}
+
 /// Check the file's text (`path` names it and anchors relative paths);
 /// touches no file.
 pub(crate) fn parse(
@@ -116,15 +155,7 @@ pub(crate) fn parse(
         serde_yaml_ng::from_str(text).map_err(|e| invalid(e.to_string()))?
     };
     for (user, hash) in &file.basic_auth_users {
-        let ok = hash.len() == 60
-            && ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p))
-            && hash.parse::<bcrypt::HashParts>().is_ok();
-        if !ok || user.is_empty() || user.contains(':') {
-            return Err(WebConfigError::Hash {
-                path: path.to_owned(),
-                user: user.clone(),
-            });
-        }
+        check_hash(path, user, hash)?;
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     let tls = file
@@ -199,6 +230,22 @@ mod tests {
             let shown = crate::error::chain(&err);
             assert!(shown.contains(needle), "{text}: {shown}");
             assert!(shown.contains("web.yml"), "{text}: names the file: {shown}");
+        }
+        // Costs outside what a check may take: refused, naming the cost.
+        let cost = |c: &str| hash.replacen("$04$", &format!("${c}$"), 1);
+        for (c, needle) in [
+            ("31", "bcrypt cost 31, outside 4 to 14"),
+            ("03", "bcrypt cost 3, outside 4 to 14"),
+            ("99", "basic_auth_users.alice"),
+            ("15", "bcrypt cost 15, outside 4 to 14"),
+        ] {
+            let p = write(
+                &d,
+                "cost.yml",
+                &format!("basic_auth_users:\n  alice: '{}'\n", cost(c)),
+            );
+            let shown = crate::error::chain(&WebConfig::load(&p).unwrap_err());
+            assert!(shown.contains(needle), "cost {c}: {shown}");
         }
         let p = write(
             &d,
