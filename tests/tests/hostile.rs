@@ -15,6 +15,7 @@ use std::{
 
 use bcrypt as _;
 use geoip_tests::{
+    crafted,
     exporter::{Exporter, cd, run_command_to_exit, run_to_exit, setpriv, temp_dir, world_readable},
     fixtures::{write_asn_database, write_database},
     netns::{TestNet, sock},
@@ -26,6 +27,15 @@ use serde_json as _;
 
 /// The test host the running exporter counts (DE in the test database).
 const HOST: &str = "192.0.2.51";
+
+/// A named pipe at `path`.
+fn make_fifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
 
 /// One bad command line: the extra flags, the exit code, and text the
 /// error must contain.
@@ -128,6 +138,36 @@ fn flag_cases(running: SocketAddr) -> Vec<Case> {
             &["--web.telemetry-path", "/a b"],
             2,
             "\"/a b\"",
+        ),
+        case(
+            "telemetry path of the map's shapes",
+            &["--web.telemetry-path", "/assets/world.json"],
+            2,
+            "\"/assets/world.json\" is not a usable path",
+        ),
+        case(
+            "telemetry path a capture",
+            &["--web.telemetry-path", "/:p"],
+            2,
+            "\"/:p\" is not a usable path",
+        ),
+        case(
+            "telemetry path with a capture",
+            &["--web.telemetry-path", "/x/:y"],
+            2,
+            "\"/x/:y\" is not a usable path",
+        ),
+        case(
+            "reconcile interval too short",
+            &["--reconcile.interval", "1ms"],
+            2,
+            "\"1ms\" is shorter than the least, 1s",
+        ),
+        case(
+            "bytes interval too short",
+            &["--metrics.bytes-interval", "1ms"],
+            2,
+            "\"1ms\" is shorter than the least, 1s",
         ),
         case(
             "reconcile interval unit",
@@ -242,6 +282,22 @@ fn database_cases(dir: &Path) -> Vec<Case> {
         &good[good.len() - 600.min(good.len())..],
         "metadata-only.mmdb",
     );
+    // Structurally valid files whose search trees no walk finishes.
+    file(
+        "shared-nodes.mmdb",
+        &crafted::shared_nodes(60, true),
+        "unfolds into more than",
+    );
+    file(
+        "shared-nodes-empty.mmdb",
+        &crafted::shared_nodes(60, false),
+        "unfolds into more than",
+    );
+    file(
+        "circle.mmdb",
+        &crafted::circular(),
+        "deeper than an address",
+    );
     let asn = dir.join("asn.mmdb");
     write_asn_database(&asn);
     cases.push(case(
@@ -267,6 +323,39 @@ fn database_cases(dir: &Path) -> Vec<Case> {
 }
 
 /// Bad web config files, each written into `dir`.
+/// Databases that are not regular files: a pipe would block an open for
+/// good, a device or a sparse file be read without end.
+fn special_file_cases(dir: &Path) -> Vec<Case> {
+    let mut cases = Vec::new();
+    let special = |name: &str| dir.join(name).to_str().expect("utf-8").to_owned();
+    make_fifo(&dir.join("pipe.mmdb"));
+    std::os::unix::fs::symlink("/dev/zero", dir.join("zero.mmdb")).expect("symlink");
+    std::os::unix::fs::symlink("/dev/urandom", dir.join("urandom.mmdb")).expect("symlink");
+    fs::File::create(dir.join("sparse.mmdb"))
+        .and_then(|f| f.set_len(10 << 30))
+        .expect("sparse file");
+    for (name, needle) in [
+        ("pipe.mmdb", "it is a named pipe (FIFO), not a regular file"),
+        ("zero.mmdb", "it is a character device, not a regular file"),
+        (
+            "urandom.mmdb",
+            "it is a character device, not a regular file",
+        ),
+        (
+            "sparse.mmdb",
+            "it is 10737418240 bytes, more than the 2147483648",
+        ),
+    ] {
+        cases.push(case(
+            &format!("database {name}"),
+            &["--geoip.database", &special(name)],
+            2,
+            needle,
+        ));
+    }
+    cases
+}
+
 fn web_config_cases(dir: &Path) -> Vec<Case> {
     let hash = bcrypt::hash("pw", 4).expect("bcrypt");
     let mut cases = Vec::new();
@@ -279,12 +368,27 @@ fn web_config_cases(dir: &Path) -> Vec<Case> {
         ("nocert.yml", "tls_server_config:\n  cert_file: none.crt\n  key_file: none.key\n".to_owned(), "cert_file"),
         ("noca.yml", "tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequireAndVerifyClientCert\n".to_owned(), "needs client_ca_file"),
         ("notcert.yml", "tls_server_config:\n  cert_file: notcert.yml\n  key_file: notcert.yml\n".to_owned(), "cert_file"),
+        ("cost31.yml", format!("basic_auth_users:\n  a: '{}'\n", hash.replacen("$04$", "$31$", 1)), "bcrypt cost 31, outside 4 to 14"),
+        ("cost3.yml", format!("basic_auth_users:\n  a: '{}'\n", hash.replacen("$04$", "$03$", 1)), "bcrypt cost 3, outside 4 to 14"),
     ] {
         let path = dir.join(name);
         fs::write(&path, text).expect("write");
         cases.push(case(
             &format!("web config {name}"),
             &["--web.config.file", path.to_str().expect("utf-8")],
+            2,
+            needle,
+        ));
+    }
+    make_fifo(&dir.join("pipe.yml"));
+    std::os::unix::fs::symlink("/dev/zero", dir.join("zero.yml")).expect("symlink");
+    for (name, needle) in [
+        ("pipe.yml", "it is a named pipe (FIFO), not a regular file"),
+        ("zero.yml", "it is a character device, not a regular file"),
+    ] {
+        cases.push(case(
+            &format!("web config {name}"),
+            &["--web.config.file", dir.join(name).to_str().expect("utf-8")],
             2,
             needle,
         ));
@@ -401,6 +505,44 @@ fn http_cases() -> Vec<(&'static str, Vec<u8>, &'static [u16])> {
     ]
 }
 
+/// Run every case (its flags, and `db` unless it names a database); what
+/// did not end as the case says, within 5 s.
+fn run_cases(cases: &[Case], db: &Path) -> Vec<String> {
+    let mut failures = Vec::new();
+    for c in cases {
+        let mut args: Vec<&str> = Vec::new();
+        if !c.flags.iter().any(|f| f == "--geoip.database") {
+            args.extend(["--geoip.database", db.to_str().expect("utf-8")]);
+        }
+        if !c
+            .flags
+            .iter()
+            .any(|f| f.starts_with("--web.listen-address"))
+        {
+            args.push("--web.listen-address=127.0.0.1:0");
+        }
+        args.extend(c.flags.iter().map(String::as_str));
+        let started = std::time::Instant::now();
+        let out = run_to_exit(&args);
+        let took = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(c.code)
+            || !stderr.contains(&c.needle)
+            || stderr.contains("panicked")
+            || took > Duration::from_secs(5)
+        {
+            failures.push(format!(
+                "{}: exit {:?} after {took:?}, wanted {} with {:?} within 5 s:\n{stderr}",
+                c.what,
+                out.status.code(),
+                c.code,
+                c.needle
+            ));
+        }
+    }
+    failures
+}
+
 #[test]
 fn hostile_input_gets_clear_errors_and_the_running_exporter_stays_exact() {
     let dir = temp_dir("hostile");
@@ -422,36 +564,9 @@ fn hostile_input_gets_clear_errors_and_the_running_exporter_stays_exact() {
 
     let mut cases = flag_cases(exporter.addr);
     cases.extend(database_cases(&dir));
+    cases.extend(special_file_cases(&dir));
     cases.extend(web_config_cases(&dir));
-    let mut failures = Vec::new();
-    for c in &cases {
-        let mut args: Vec<&str> = Vec::new();
-        if !c.flags.iter().any(|f| f == "--geoip.database") {
-            args.extend(["--geoip.database", db.to_str().expect("utf-8")]);
-        }
-        if !c
-            .flags
-            .iter()
-            .any(|f| f.starts_with("--web.listen-address"))
-        {
-            args.push("--web.listen-address=127.0.0.1:0");
-        }
-        args.extend(c.flags.iter().map(String::as_str));
-        let out = run_to_exit(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.status.code() != Some(c.code)
-            || !stderr.contains(&c.needle)
-            || stderr.contains("panicked")
-        {
-            failures.push(format!(
-                "{}: exit {:?}, wanted {} with {:?}:\n{stderr}",
-                c.what,
-                out.status.code(),
-                c.code,
-                c.needle
-            ));
-        }
-    }
+    let mut failures = run_cases(&cases, &db);
 
     // An unreadable database, as an unprivileged user (root reads anything).
     let (exe, readable) = world_readable("hostile-unreadable");

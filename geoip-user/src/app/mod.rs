@@ -26,7 +26,7 @@ use std::{process::ExitCode, time::Duration};
 pub(crate) use error::AppError;
 pub(crate) use running::begin;
 pub(crate) use signals::hold_hangup;
-pub(crate) use startup::{open_databases, start};
+pub(crate) use startup::{Opened, open_databases, start};
 
 use crate::cli::Args;
 
@@ -39,7 +39,7 @@ pub(crate) fn run_exporter(args: &Args) -> ExitCode {
     // are made after the capabilities are dropped.
     let started = match open_databases(args)
         .map_err(AppError::from)
-        .and_then(|databases| start(args, databases))
+        .and_then(|opened| start(args, opened))
     {
         Ok(started) => started,
         Err(err) => return failed(&err),

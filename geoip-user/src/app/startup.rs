@@ -30,17 +30,59 @@ pub(crate) struct Started {
     pub(super) snapshotter: Snapshotter,
 }
 
+/// The databases, and the memory their opening took at its peak: what a
+/// reload of them needs on top of what the exporter holds then (the old
+/// ones serve until the new ones are in place).
+pub(crate) struct Opened {
+    pub(crate) databases: Databases,
+    /// Bytes; `None` when /proc does not say.
+    pub(crate) reload_bytes: Option<u64>,
+}
+
 /// The databases `--geoip.database` names, as `--labels` needs them.
-pub(crate) fn open_databases(args: &Args) -> Result<Databases, OpenError> {
-    Databases::open(&args.database, wants(args))
+pub(crate) fn open_databases(args: &Args) -> Result<Opened, OpenError> {
+    let before = memory().map(|m| m.resident);
+    let databases = Databases::open(&args.database, wants(args))?;
+    let after = memory().map(|m| m.peak);
+    Ok(Opened {
+        databases,
+        reload_bytes: before.zip(after).map(|(b, a)| a.saturating_sub(b)),
+    })
+}
+
+/// This process's memory, from `/proc/self/status`.
+struct Memory {
+    /// `VmRSS`: resident now.
+    resident: u64,
+    /// `VmHWM`: the most it was resident.
+    peak: u64,
+}
+
+fn memory() -> Option<Memory> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    };
+    Some(Memory {
+        resident: field("VmRSS:")?,
+        peak: field("VmHWM:")?,
+    })
 }
 
 /// Everything that needs privileges, on the main thread before any other
 /// thread exists: check the other inputs, load and attach the kernel
 /// program, start the snapshot thread; then drop every capability of this
 /// thread.
-pub(crate) fn start(args: &Args, databases: Databases) -> Result<Started, AppError> {
-    log_country_database(&databases);
+pub(crate) fn start(args: &Args, opened: Opened) -> Result<Started, AppError> {
+    let databases = opened.databases;
+    log_country_database(&databases, opened.reload_bytes);
     let (users, transport) = match &args.web_config {
         Some(path) => {
             let web = WebConfig::load(path)?;
@@ -84,7 +126,7 @@ pub(crate) fn start(args: &Args, databases: Databases) -> Result<Started, AppErr
     })
 }
 
-fn log_country_database(databases: &Databases) {
+fn log_country_database(databases: &Databases, reload_bytes: Option<u64>) {
     let db = databases.country.info();
     let ranges = databases.country.table_size();
     tracing::info!(
@@ -94,7 +136,8 @@ fn log_country_database(databases: &Databases) {
         ipv4_ranges = ranges.0,
         ipv6_ranges = ranges.1,
         table_bytes = ranges.2,
-        "GeoIP database opened and flattened"
+        reload_needs_bytes = reload_bytes,
+        "GeoIP database opened and flattened (a reload of the databases needs reload_needs_bytes more memory while it runs: leave room for it under a memory limit)"
     );
 }
 
@@ -143,5 +186,16 @@ pub(super) fn wants(args: &Args) -> Wants {
     Wants {
         asn: args.labels.contains(&Label::Asn),
         city: args.labels.contains(&Label::City),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_says_its_memory() {
+        let m = memory().unwrap();
+        assert!(m.resident > 0 && m.peak >= m.resident);
     }
 }

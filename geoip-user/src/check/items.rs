@@ -5,12 +5,13 @@ use std::{fmt::Write as _, io, path::Path};
 
 use super::report::Finding;
 use crate::{
+    app::Opened,
     capabilities::{
         self, CAP_BPF, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE,
     },
     civil,
     cli::{Args, Label},
-    geo::{DatabaseInfo, Databases, Records},
+    geo::{DatabaseInfo, Records},
     kernel::{
         btf::{Btf, VMLINUX},
         map_create, probe, tracefs,
@@ -144,8 +145,10 @@ pub(super) fn ring_buffer(bytes: u32) -> Finding {
     }
 }
 
-/// Each database: path, type, build date; the country ranges.
-pub(super) fn databases(databases: &Databases) -> Finding {
+/// Each database: path, type, build date; the country ranges; the memory
+/// a reload needs.
+pub(super) fn databases(opened: &Opened) -> Finding {
+    let databases = &opened.databases;
     let (v4, v6, _) = databases.country.table_size();
     let mut text = format!(
         "{} ({v4} IPv4 and {v6} IPv6 country ranges)",
@@ -158,6 +161,13 @@ pub(super) fn databases(databases: &Databases) -> Finding {
         if let Some(info) = info {
             let _ = write!(text, "; {what}: {}", describe(info));
         }
+    }
+    if let Some(bytes) = opened.reload_bytes {
+        let _ = write!(
+            text,
+            "; a reload needs {} MiB more memory while it runs",
+            bytes.div_ceil(1 << 20)
+        );
     }
     Finding::ok(text)
 }

@@ -19,10 +19,9 @@ use std::process::ExitCode;
 use report::{Finding, Report};
 
 use crate::{
-    app::{self, AppError},
+    app::{self, AppError, Opened},
     capabilities,
     cli::{Args, LogLevel},
-    geo::Databases,
 };
 
 /// The check as the binary runs it: the flags to check (those given, or
@@ -69,9 +68,9 @@ fn check_host(args: &Args, service: bool) -> bool {
         report.add("ring buffer", &items::ring_buffer(args.ring_buffer_bytes));
     }
     let databases = match app::open_databases(args) {
-        Ok(databases) => {
-            report.add("database", &items::databases(&databases));
-            Some(databases)
+        Ok(opened) => {
+            report.add("database", &items::databases(&opened));
+            Some(opened)
         }
         Err(err) => {
             report.add("database", &Finding::failed(crate::error::chain(&err)));
@@ -100,7 +99,7 @@ fn check_host(args: &Args, service: bool) -> bool {
 /// The real start-up on the databases the check opened, stopped before
 /// serving: load and attach the program, then merge the connections that
 /// exist.
-fn start(args: &Args, databases: Databases, report: &mut Report) {
+fn start(args: &Args, databases: Opened, report: &mut Report) {
     let started = match app::start(args, databases) {
         Ok(started) => started,
         Err(err) => {
