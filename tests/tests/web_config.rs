@@ -289,7 +289,48 @@ fn client_certificates_and_certificate_reload() {
             .log()
             .contains("cannot be used; still using the previous ones")
     );
+
+    // The certificate replaced by a named pipe (reading one would block
+    // for good) and a link to /dev/zero (endless): new connections are
+    // still served at once, with the last good certificate.
+    let cert = s.dir.join("server.crt");
+    for make in [
+        |p: &Path| {
+            let ok = Command::new("mkfifo").arg(p).status().expect("mkfifo");
+            assert!(ok.success());
+        },
+        |p: &Path| std::os::unix::fs::symlink("/dev/zero", p).expect("symlink"),
+    ] {
+        fs::remove_file(&cert).expect("rm");
+        make(&cert);
+        let started = Instant::now();
+        let (code, log) = with_cert();
+        assert_eq!(code, 200, "{log}");
+        assert!(log.contains("CN=exporter-two"), "{log}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        exporter.log().contains("not a regular file"),
+        "{}",
+        exporter.log()
+    );
+    // A real certificate put back is used.
+    fs::remove_file(&cert).expect("rm");
+    issue(&s.dir, "server", "exporter-three", false);
+    let (code, log) = with_cert();
+    assert_eq!(code, 200, "{log}");
+    assert!(log.contains("CN=exporter-three"), "{log}");
+    let started = Instant::now();
     assert_eq!(exporter.stop(libc::SIGTERM).code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
