@@ -42,6 +42,40 @@ pub fn circular() -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// A database whose search tree `bytes` choose (for fuzzing the walk):
+/// the first byte picks the record size (24, 28 or 32 bits), the second
+/// IPv4 or IPv6, every 8 after it one node: two words, each taken modulo
+/// the node count + 2 as a node, no data, or the data.
+#[must_use]
+pub fn arbitrary_tree(bytes: &[u8]) -> Vec<u8> {
+    let (Some(&size), Some(&version)) = (bytes.first(), bytes.get(1)) else {
+        return Vec::new();
+    };
+    let record_size = [24, 28, 32][usize::from(size % 3)];
+    let ip_version = if version & 1 == 0 { 4 } else { 6 };
+    let words: Vec<u64> = bytes[2..]
+        .chunks_exact(4)
+        .map(|c| u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+        .collect();
+    let count = (words.len() / 2).max(1) as u64;
+    let record = |w: u64| match w % (count + 2) {
+        n if n == count + 1 => count + 16,
+        n => n,
+    };
+    let records: Vec<(u64, u64)> = if words.len() < 2 {
+        vec![(count + 16, count)]
+    } else {
+        words
+            .chunks_exact(2)
+            .map(|pair| (record(pair[0]), record(pair[1])))
+            .collect()
+    };
+    Writer::new("GeoLite2-Country", ip_version)
+        .record_size(record_size)
+        .layout(&records, &data_section())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +94,21 @@ mod tests {
             };
             let found = reader.lookup(addr.parse().unwrap()).unwrap();
             assert!(found.has_data(), "{addr}");
+        }
+    }
+
+    #[test]
+    fn arbitrary_trees_are_databases() {
+        for bytes in [
+            &b""[..],
+            b"\x00",
+            b"\x00\x01",
+            b"\x01\x00\0\0\0\x01\0\0\0\x02",
+        ] {
+            let file = arbitrary_tree(bytes);
+            if bytes.len() >= 2 {
+                assert!(maxminddb::Reader::from_source(file).is_ok(), "{bytes:?}");
+            }
         }
     }
 }
