@@ -382,9 +382,27 @@ fn web_config_cases(dir: &Path) -> Vec<Case> {
     }
     make_fifo(&dir.join("pipe.yml"));
     std::os::unix::fs::symlink("/dev/zero", dir.join("zero.yml")).expect("symlink");
+    // TLS files that are not regular files, named by a good config.
+    make_fifo(&dir.join("pipe.crt"));
+    std::os::unix::fs::symlink("/dev/zero", dir.join("zero.key")).expect("symlink");
+    fs::write(
+        dir.join("tlspipe.yml"),
+        "tls_server_config:\n  cert_file: pipe.crt\n  key_file: pipe.crt\n",
+    )
+    .expect("write");
+    fs::write(
+        dir.join("tlszero.yml"),
+        "tls_server_config:\n  cert_file: zero.key\n  key_file: zero.key\n",
+    )
+    .expect("write");
     for (name, needle) in [
         ("pipe.yml", "it is a named pipe (FIFO), not a regular file"),
         ("zero.yml", "it is a character device, not a regular file"),
+        ("tlspipe.yml", "pipe.crt cannot be used"),
+        (
+            "tlszero.yml",
+            "it is a character device, not a regular file",
+        ),
     ] {
         cases.push(case(
             &format!("web config {name}"),
