@@ -26,7 +26,7 @@ use std::{process::ExitCode, time::Duration};
 pub(crate) use error::AppError;
 pub(crate) use running::begin;
 pub(crate) use signals::hold_hangup;
-pub(crate) use startup::{Opened, open_databases, start};
+pub(crate) use startup::{Opened, features, open_databases, start};
 
 use crate::cli::Args;
 

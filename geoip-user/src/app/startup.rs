@@ -167,7 +167,7 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, AppError> {
 }
 
 /// What the kernel program reports beyond opens and closes.
-fn features(args: &Args) -> u32 {
+pub(crate) fn features(args: &Args) -> u32 {
     let mut features = 0;
     if args.labels.contains(&Label::Service) {
         features |= feature::COMM;

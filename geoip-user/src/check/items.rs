@@ -14,7 +14,7 @@ use crate::{
     geo::{DatabaseInfo, Records},
     kernel::{
         btf::{Btf, VMLINUX},
-        map_create, probe, tracefs,
+        map_create, memlock, probe, tracefs,
         version::{self, MIN_KERNEL},
     },
     web::WebConfig,
@@ -135,13 +135,23 @@ pub(super) fn namespace_capabilities(
     )))
 }
 
-/// Create (and free) a BPF ring buffer of `bytes`.
-pub(super) fn ring_buffer(bytes: u32) -> Finding {
+/// Create (and free) a BPF ring buffer of `bytes`, after raising the
+/// locked-memory limit as the start-up does (Linux before 5.11).
+pub(super) fn ring_buffer(bytes: u32, features: u32) -> Finding {
+    let raised = memlock::raise_if_needed(version::running(), probe::map_bytes(bytes, features));
+    let limit = match raised {
+        Ok(raised @ (memlock::Raised::To { .. } | memlock::Raised::Short { .. })) => {
+            format!(
+                "; the locked-memory limit, which Linux before 5.11 counts BPF maps against: {raised}"
+            )
+        }
+        _ => String::new(),
+    };
     match map_create::ring_buffer(bytes) {
         Ok(()) => Finding::ok(format!(
-            "a {bytes}-byte BPF ring buffer was created (and freed)"
+            "a {bytes}-byte BPF ring buffer was created (and freed){limit}"
         )),
-        Err(err) => Finding::failed(err),
+        Err(err) => Finding::failed(format!("{err}{limit}")),
     }
 }
 

@@ -65,7 +65,10 @@ fn check_host(args: &Args, service: bool) -> bool {
             &Finding::skipped("needs the capabilities above"),
         );
     } else {
-        report.add("ring buffer", &items::ring_buffer(args.ring_buffer_bytes));
+        report.add(
+            "ring buffer",
+            &items::ring_buffer(args.ring_buffer_bytes, app::features(args)),
+        );
     }
     let databases = match app::open_databases(args) {
         Ok(opened) => {

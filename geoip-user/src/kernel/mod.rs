@@ -12,6 +12,7 @@ pub(crate) mod events;
 pub(crate) mod log;
 pub(crate) mod losses;
 pub(crate) mod map_create;
+pub(crate) mod memlock;
 pub(crate) mod probe;
 pub(crate) mod ring;
 pub(crate) mod tracefs;

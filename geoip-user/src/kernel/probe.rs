@@ -24,7 +24,9 @@ use super::{
     btf::{Btf, BtfError},
     log::TracingLog,
     losses::KernelLosses,
+    memlock,
     tracefs::{self, TracefsError},
+    version,
 };
 use crate::capabilities::{self, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN};
 
@@ -108,6 +110,7 @@ const CONNECTING_ENTRIES: u32 = 65_536;
 /// cannot count bytes: an error).
 pub(crate) fn prepare(ring_bytes: u32, features: u32) -> Result<Prepared, ProbeError> {
     check_capabilities()?;
+    raise_memlock(ring_bytes, features);
     let layout = tracefs::read_layout()?;
     let bytes = features & feature::BYTES != 0;
     let (sock_layout, tcp_layout) = match Btf::from_kernel() {
@@ -136,6 +139,35 @@ pub(crate) fn prepare(ring_bytes: u32, features: u32) -> Result<Prepared, ProbeE
         features,
         ring_bytes,
     })
+}
+
+/// What the program's maps take at most, in bytes, as the locked-memory
+/// limit counts them before Linux 5.11: the ring buffer, the map of
+/// connects in progress (with [`feature::COMM`]), and room for the small
+/// ones.
+pub(crate) fn map_bytes(ring_bytes: u32, features: u32) -> u64 {
+    let connecting = if features & feature::COMM == 0 {
+        0
+    } else {
+        // Key, value and the hash table's own bookkeeping per entry.
+        u64::from(CONNECTING_ENTRIES) * 96
+    };
+    u64::from(ring_bytes) + connecting + (256 << 10)
+}
+
+/// Before Linux 5.11, raise the locked-memory limit the maps count
+/// against, and say what was done.
+fn raise_memlock(ring_bytes: u32, features: u32) {
+    match memlock::raise_if_needed(version::running(), map_bytes(ring_bytes, features)) {
+        Ok(raised @ memlock::Raised::To { .. }) => tracing::info!(
+            "locked-memory limit (which Linux before 5.11 counts BPF maps against) {raised}"
+        ),
+        Ok(raised @ memlock::Raised::Short { .. }) => tracing::warn!(
+            "locked-memory limit (which Linux before 5.11 counts BPF maps against): {raised}; creating the maps may fail: raise it (ulimit -l, LimitMEMLOCK=)"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::debug!(error = %err, "cannot read the locked-memory limit"),
+    }
 }
 
 /// The loaded and attached program: the program itself ([`Attached`]:
