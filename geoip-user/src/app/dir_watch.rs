@@ -44,6 +44,10 @@ pub(super) struct DirWatch {
     watched: HashMap<i32, PathBuf>,
     /// Directories whose watch was lost, looked for again.
     lost: Vec<PathBuf>,
+    /// A change was seen but not yet reported (its settling was cut short
+    /// by the caller): the next [`DirWatch::changed`] reports it without
+    /// waiting for another.
+    pending: bool,
 }
 
 /// The directory a file is in.
@@ -72,6 +76,7 @@ impl DirWatch {
             fd,
             watched: HashMap::new(),
             lost: Vec::new(),
+            pending: false,
         };
         for file in files {
             let dir = dir_of(file);
@@ -94,13 +99,20 @@ impl DirWatch {
     }
 
     /// Wait for a change (or for a lost directory to be back), then for
-    /// [`SETTLE`] without one.
+    /// [`SETTLE`] without one. Cancel-safe: a change seen by a call that
+    /// is dropped while settling is reported by the next call.
     pub(super) async fn changed(&mut self) -> io::Result<()> {
-        self.next_change().await?;
+        if !self.pending {
+            self.next_change().await?;
+            self.pending = true;
+        }
         loop {
             match tokio::time::timeout(SETTLE, self.next_change()).await {
                 Ok(result) => result?,
-                Err(_) => return Ok(()),
+                Err(_) => {
+                    self.pending = false;
+                    return Ok(());
+                }
             }
         }
     }
@@ -166,22 +178,36 @@ impl DirWatch {
             let mask = word(4);
             let len = usize::try_from(word(12)).unwrap_or(usize::MAX);
             events = events.get(HEADER.saturating_add(len)..).unwrap_or_default();
-            if mask & libc::IN_IGNORED != 0 {
-                // The watch is gone: its directory was removed, moved or
-                // unmounted.
-                if let Some(dir) = self.watched.remove(&wd) {
-                    tracing::warn!(
-                        dir = %dir.display(),
-                        "the directory of a GeoIP database is gone (removed, moved or unmounted): its files are no longer watched; watching it again once it is back (SIGHUP reloads meanwhile)"
-                    );
-                    self.lost.push(dir);
-                }
+            if mask & libc::IN_MOVE_SELF != 0 {
+                // The directory moved away: its watch would follow it to
+                // where the files are not looked for. End it (the kernel
+                // then queues IN_IGNORED, which finds it gone) and look
+                // for the path again.
+                // SAFETY: a valid descriptor and a watch it holds.
+                unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), wd) };
+                self.lose(wd);
                 changed = true;
-            } else if mask & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF) == 0 {
+            } else if mask & libc::IN_IGNORED != 0 {
+                // The watch is gone: its directory was removed or
+                // unmounted.
+                self.lose(wd);
+                changed = true;
+            } else if mask & libc::IN_DELETE_SELF == 0 {
                 changed = true;
             }
         }
         changed
+    }
+
+    /// The watch `wd` ended: its directory is looked for again.
+    fn lose(&mut self, wd: i32) {
+        if let Some(dir) = self.watched.remove(&wd) {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the directory of a GeoIP database is gone (removed, moved or unmounted): its files are no longer watched; watching it again once it is back (SIGHUP reloads meanwhile)"
+            );
+            self.lost.push(dir);
+        }
     }
 
     /// Watch again the lost directories that are back; whether any is.
@@ -285,5 +311,45 @@ mod tests {
             "a file in it is seen again"
         );
         std::fs::remove_dir_all(&parent).unwrap();
+    }
+
+    /// The directory renamed away and another made at its path (how some
+    /// updaters swap a whole directory): the new one is watched.
+    #[tokio::test]
+    async fn a_directory_moved_away_is_looked_for_at_its_path() {
+        let parent = dir("moved");
+        let sub = parent.join("db");
+        std::fs::create_dir_all(&sub).unwrap();
+        let file = sub.join("db.mmdb");
+        std::fs::write(&file, b"one").unwrap();
+        let mut watch = DirWatch::new(std::slice::from_ref(&file)).unwrap();
+        std::fs::rename(&sub, parent.join("old")).unwrap();
+        assert!(changed_within(&mut watch, 5).await, "the move is a change");
+        assert_eq!(watch.lost, std::slice::from_ref(&sub));
+        std::fs::create_dir_all(&sub).unwrap();
+        assert!(changed_within(&mut watch, 5).await, "the new one is seen");
+        // A write in the moved-away directory is not a change any more; one
+        // in the new directory is.
+        std::fs::write(parent.join("old").join("db.mmdb"), b"old").unwrap();
+        assert!(!changed_within(&mut watch, 1).await);
+        std::fs::write(&file, b"two").unwrap();
+        assert!(changed_within(&mut watch, 5).await, "a file in the new one");
+        std::fs::remove_dir_all(&parent).unwrap();
+    }
+
+    /// A call dropped while the change settles (the event loop's select
+    /// took another branch) does not lose the change.
+    #[tokio::test]
+    async fn a_change_seen_by_a_dropped_call_is_reported_by_the_next() {
+        let dir = dir("cancel");
+        let file = dir.join("db.mmdb");
+        std::fs::write(&file, b"one").unwrap();
+        let mut watch = DirWatch::new(std::slice::from_ref(&file)).unwrap();
+        std::fs::write(&file, b"two").unwrap();
+        // Long enough to see the event, shorter than SETTLE.
+        let cut = tokio::time::timeout(Duration::from_millis(100), watch.changed()).await;
+        assert!(cut.is_err(), "the call was cut while settling");
+        assert!(changed_within(&mut watch, 1).await, "and the next reports it");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
