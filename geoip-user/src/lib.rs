@@ -13,8 +13,10 @@
 //!   connection's identity, direction, process and byte counters, the
 //!   canonical address form), [`capabilities`] (Linux capabilities),
 //!   [`exclude`] (ranges that are not "the world"), [`capped`] (label
-//!   values capped to the busiest), [`untrusted_file`] (the one way a
-//!   file from outside is read), [`cli`] (the flags), [`logging`].
+//!   values capped to the busiest), [`byte_size`] (sizes as people read
+//!   them), [`untrusted_file`] (the one way a file from outside is read),
+//!   [`memory_room`] (how much more memory the process may take),
+//!   [`cli`] (the flags), [`logging`].
 //! - [`kernel`]: the running kernel, its tracefs and BTF; load and attach
 //!   the program; read the ring buffer and decode its records; the
 //!   kernel's loss counts and log lines.
@@ -42,6 +44,7 @@
 mod app;
 #[cfg(feature = "bench")]
 pub mod bench;
+mod byte_size;
 mod capabilities;
 mod capped;
 mod check;
@@ -55,6 +58,7 @@ pub mod fuzz;
 mod geo;
 mod kernel;
 mod logging;
+mod memory_room;
 mod metrics;
 mod snapshot;
 mod table;

@@ -72,7 +72,10 @@ fn database_problems_are_usage_errors_naming_the_file() {
     assert_fails(
         &run_db(&dir),
         2,
-        &["cannot read GeoIP database", dir.to_str().expect("utf-8")],
+        &[
+            dir.to_str().expect("utf-8"),
+            "cannot be used: it is a directory, not a regular file",
+        ],
     );
 
     let empty = dir.join("empty.mmdb");

@@ -311,7 +311,7 @@ fn database_cases(dir: &Path) -> Vec<Case> {
         "database is a directory",
         &["--geoip.database", d],
         2,
-        "cannot read GeoIP database",
+        "cannot be used: it is a directory, not a regular file",
     ));
     cases.push(case(
         "database missing",
@@ -343,7 +343,7 @@ fn special_file_cases(dir: &Path) -> Vec<Case> {
         ),
         (
             "sparse.mmdb",
-            "it is 10737418240 bytes, more than the 2147483648",
+            "it is 10.0 GiB, more than the 2.0 GiB a GeoIP database may have",
         ),
     ] {
         cases.push(case(
@@ -398,7 +398,10 @@ fn web_config_cases(dir: &Path) -> Vec<Case> {
     for (name, needle) in [
         ("pipe.yml", "it is a named pipe (FIFO), not a regular file"),
         ("zero.yml", "it is a character device, not a regular file"),
-        ("tlspipe.yml", "pipe.crt cannot be used"),
+        (
+            "tlspipe.yml",
+            "it is a named pipe (FIFO), not a regular file",
+        ),
         (
             "tlszero.yml",
             "it is a character device, not a regular file",

@@ -106,15 +106,11 @@ impl DirWatch {
             self.next_change().await?;
             self.pending = true;
         }
-        loop {
-            match tokio::time::timeout(SETTLE, self.next_change()).await {
-                Ok(result) => result?,
-                Err(_) => {
-                    self.pending = false;
-                    return Ok(());
-                }
-            }
+        while let Ok(result) = tokio::time::timeout(SETTLE, self.next_change()).await {
+            result?;
         }
+        self.pending = false;
+        Ok(())
     }
 
     /// Wait until the kernel queued events (handling those that say a
@@ -349,7 +345,10 @@ mod tests {
         // Long enough to see the event, shorter than SETTLE.
         let cut = tokio::time::timeout(Duration::from_millis(100), watch.changed()).await;
         assert!(cut.is_err(), "the call was cut while settling");
-        assert!(changed_within(&mut watch, 1).await, "and the next reports it");
+        assert!(
+            changed_within(&mut watch, 1).await,
+            "and the next reports it"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -48,6 +48,9 @@ pub(super) const RELOAD_TIMEOUT: Duration = Duration::from_mins(2);
 /// which no new one starts: each holds a blocking thread.
 const MAX_STUCK: usize = 2;
 
+/// How often a reload held back by stuck ones is tried again.
+const STUCK_RETRY: Duration = Duration::from_secs(5);
+
 /// What identifies one version of the file: a rename or a rewrite changes
 /// at least one of these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +94,15 @@ pub(crate) struct Reloader {
 /// is set.
 pub(crate) type Opener = fn(&[PathBuf], Wants, &AtomicBool) -> Result<Databases, OpenError>;
 
+/// How a reload under way ended.
+enum Ended {
+    Opened(Box<Databases>),
+    /// It failed: the error as the log says it.
+    Failed(String),
+    /// It was given up at its deadline, and told to stop.
+    GivenUp(JoinHandle<Result<Databases, OpenError>>),
+}
+
 /// A reload under way.
 struct Job {
     opened: JoinHandle<Result<Databases, OpenError>>,
@@ -124,10 +136,17 @@ impl Reloader {
         let mut last = versions(&self.paths);
         let mut job: Option<Job> = None;
         let mut stuck: Vec<JoinHandle<Result<Databases, OpenError>>> = Vec::new();
+        // When a reload held back by stuck ones is tried again.
+        let mut held: Option<Instant> = None;
         loop {
-            if wanted && job.is_none() {
-                wanted = false;
-                job = self.start(&mut stuck);
+            if wanted && job.is_none() && held.is_none() {
+                match self.start(&mut stuck) {
+                    Some(started) => {
+                        wanted = false;
+                        job = Some(started);
+                    }
+                    None => held = Some(Instant::now() + STUCK_RETRY),
+                }
             }
             tokio::select! {
                 signalled = recv_hangup(hangup.as_mut()) => {
@@ -152,7 +171,12 @@ impl Reloader {
                         wanted = true;
                     }
                 }
-                () = self.finish(&mut job, &mut stuck), if job.is_some() => {}
+                ended = wait(&mut job), if job.is_some() => {
+                    // Handled here, not in the awaited future: an event
+                    // of another branch cannot cut it short.
+                    self.conclude(ended, &mut stuck).await;
+                }
+                () = sleep_until(held), if held.is_some() => held = None,
             }
             if wanted && job.is_some() {
                 tracing::debug!("a reload is under way; another follows it");
@@ -172,14 +196,16 @@ impl Reloader {
     }
 
     /// Start a reload on a blocking thread, unless too many given-up ones
-    /// are still stuck.
+    /// are still stuck (then it is counted as failed and the caller tries
+    /// again later).
     fn start(&self, stuck: &mut Vec<JoinHandle<Result<Databases, OpenError>>>) -> Option<Job> {
         stuck.retain(|j| !j.is_finished());
         if stuck.len() >= MAX_STUCK {
             self.metrics.database_reloaded(None);
             tracing::error!(
                 stuck = stuck.len(),
-                "not reloading the GeoIP databases: earlier reloads given up are still stuck reading them (a file system that does not answer?); still using the previous ones"
+                retry_in = ?STUCK_RETRY,
+                "not reloading the GeoIP databases yet: earlier reloads given up are still stuck reading them (a file system that does not answer?); still using the previous ones, trying again once they end"
             );
             return None;
         }
@@ -194,38 +220,25 @@ impl Reloader {
         })
     }
 
-    /// Wait for the reload under way to end, or give it up at its
-    /// deadline.
-    async fn finish(
+    /// Count and log how a reload ended; hand new databases on.
+    async fn conclude(
         &self,
-        job: &mut Option<Job>,
+        ended: Ended,
         stuck: &mut Vec<JoinHandle<Result<Databases, OpenError>>>,
     ) {
-        let Some(running) = job.as_mut() else {
-            return std::future::pending().await;
-        };
-        let ended = tokio::time::timeout_at(running.deadline, &mut running.opened).await;
-        let Some(running) = job.take() else {
-            return;
-        };
         match ended {
-            Ok(Ok(Ok(dbs))) => self.apply(dbs).await,
-            Ok(Ok(Err(err))) => {
+            Ended::Opened(dbs) => self.apply(*dbs).await,
+            Ended::Failed(error) => {
                 self.metrics.database_reloaded(None);
-                tracing::error!(error = %crate::error::chain(&err), "reloading the GeoIP databases failed; still using the previous ones");
+                tracing::error!(%error, "reloading the GeoIP databases failed; still using the previous ones");
             }
-            Ok(Err(err)) => {
-                self.metrics.database_reloaded(None);
-                tracing::error!(error = %err, "reloading the GeoIP databases failed; still using the previous ones");
-            }
-            Err(_) => {
-                running.stop.store(true, Ordering::Relaxed);
+            Ended::GivenUp(opened) => {
                 self.metrics.database_reloaded(None);
                 tracing::error!(
                     timeout = ?self.timeout,
                     "reloading the GeoIP databases did not finish in time and is given up; still using the previous ones"
                 );
-                stuck.push(running.opened);
+                stuck.push(opened);
             }
         }
     }
@@ -244,6 +257,35 @@ impl Reloader {
             build_epoch = info.build_epoch,
             "GeoIP databases reloaded; connections that open from now on use them"
         );
+    }
+}
+
+/// Wait for the reload under way (`job`, taken when it ends) to end, or
+/// give it up at its deadline. Cancel-safe: dropped before either, the job
+/// stays as it was.
+async fn wait(job: &mut Option<Job>) -> Ended {
+    let Some(running) = job.as_mut() else {
+        return std::future::pending().await;
+    };
+    let ended = tokio::time::timeout_at(running.deadline, &mut running.opened).await;
+    let Some(running) = job.take() else {
+        return std::future::pending().await;
+    };
+    match ended {
+        Ok(Ok(Ok(dbs))) => Ended::Opened(Box::new(dbs)),
+        Ok(Ok(Err(err))) => Ended::Failed(crate::error::chain(&err)),
+        Ok(Err(err)) => Ended::Failed(err.to_string()),
+        Err(_) => {
+            running.stop.store(true, Ordering::Relaxed);
+            Ended::GivenUp(running.opened)
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -332,7 +374,7 @@ mod tests {
         let mut job = r.start(&mut stuck);
         let stop = job.as_ref().map(|j| j.stop.clone()).unwrap();
         let started = Instant::now();
-        r.finish(&mut job, &mut stuck).await;
+        r.conclude(wait(&mut job).await, &mut stuck).await;
         assert!(job.is_none() && started.elapsed() < Duration::from_secs(1));
         assert!(stop.load(Ordering::Relaxed), "told to stop");
         assert!(failures(&metrics).ends_with(" 1"), "{}", failures(&metrics));
@@ -346,7 +388,7 @@ mod tests {
         for _ in 0..MAX_STUCK {
             let mut job = r.start(&mut stuck);
             assert!(job.is_some());
-            r.finish(&mut job, &mut stuck).await;
+            r.conclude(wait(&mut job).await, &mut stuck).await;
         }
         assert_eq!(stuck.len(), MAX_STUCK);
         assert!(r.start(&mut stuck).is_none(), "too many stuck");

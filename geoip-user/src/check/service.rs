@@ -7,7 +7,7 @@ use clap::Parser as _;
 
 use crate::{
     cli::Args,
-    untrusted_file::{self, FileError},
+    untrusted_file::{self, Bound, FileError},
 };
 
 /// Where the packaged service's flags live (`EnvironmentFile=` of the unit).
@@ -28,7 +28,13 @@ pub(super) fn flags(given: Args, argv: &[OsString]) -> Result<(Args, bool), Exit
         );
         return Ok((given, false));
     }
-    let text = match untrusted_file::read_to_string(Path::new(SERVICE_DEFAULTS), 64 << 10) {
+    let text = match untrusted_file::read_to_string(
+        Path::new(SERVICE_DEFAULTS),
+        Bound {
+            what: "a service's flags file",
+            max: 64 << 10,
+        },
+    ) {
         Ok(text) => text,
         Err(FileError::NotFound) => {
             println!("flags: the defaults ({SERVICE_DEFAULTS} does not exist)");

@@ -40,7 +40,10 @@ impl CountryTable {
     /// Open `path`, check it is a MaxMind DB that has country data.
     #[cfg(any(test, feature = "bench"))]
     pub(crate) fn open(path: &Path) -> Result<Self, OpenError> {
-        Self::from_reader(&read(path)?, path, &AtomicBool::new(false))
+        {
+            let stop = AtomicBool::new(false);
+            Self::from_reader(&read(path, &stop)?, path, &stop)
+        }
     }
 
     /// Check and flatten the database `bytes`, read from `path`.

@@ -132,7 +132,7 @@ impl Databases {
         wants: Wants,
         stop: &AtomicBool,
     ) -> Result<Self, OpenError> {
-        let opened = read_all(paths)?;
+        let opened = read_all(paths, stop)?;
         // Where each one's files are, to read them again if one is used
         // twice.
         let sources: Vec<(PathBuf, Option<PathBuf>)> = opened
@@ -156,11 +156,11 @@ impl Databases {
         let mut opened: Vec<Option<Opened>> = opened.into_iter().map(Some).collect();
         let city = roles
             .city
-            .map(|i| checked::<City>(&mut opened, &sources, i))
+            .map(|i| checked::<City>(&mut opened, &sources, i, stop))
             .transpose()?;
         let asn = roles
             .asn
-            .map(|i| checked::<AsInfo>(&mut opened, &sources, i))
+            .map(|i| checked::<AsInfo>(&mut opened, &sources, i, stop))
             .transpose()?;
         Ok(Self { country, asn, city })
     }
@@ -168,10 +168,10 @@ impl Databases {
 
 /// Read every file of `paths`, one [`Opened`] per kind (an IPv4-only file
 /// and an IPv6 one of a kind paired).
-fn read_all(paths: &[PathBuf]) -> Result<Vec<Opened>, OpenError> {
+fn read_all(paths: &[PathBuf], stop: &AtomicBool) -> Result<Vec<Opened>, OpenError> {
     let mut opened: Vec<Opened> = Vec::with_capacity(paths.len());
     for path in paths {
-        let reader = read(path)?;
+        let reader = read(path, stop)?;
         let kind = Kind::of(&reader.metadata().database_type);
         if let Some(same) = opened.iter_mut().find(|o| o.kind == kind) {
             if !same.pair(path, reader) {
@@ -267,13 +267,14 @@ fn checked<T: Decode>(
     opened: &mut [Option<Opened>],
     sources: &[(PathBuf, Option<PathBuf>)],
     i: usize,
+    stop: &AtomicBool,
 ) -> Result<Records<T>, OpenError> {
     let (path, reader, ipv6) = if let Some(o) = opened.get_mut(i).and_then(Option::take) {
         (o.path, o.reader, o.ipv6)
     } else {
         let (path, ipv6) = sources.get(i).cloned().unwrap_or_default();
-        let reader = read(&path)?;
-        let ipv6 = ipv6.map(|p| read(&p).map(|r| (p, r))).transpose()?;
+        let reader = read(&path, stop)?;
+        let ipv6 = ipv6.map(|p| read(&p, stop).map(|r| (p, r))).transpose()?;
         (path, reader, ipv6)
     };
     let records = answering::<T>(path, reader)?;

@@ -4,12 +4,17 @@
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::atomic::AtomicBool,
 };
 
 use maxminddb::{MaxMindDbError, Reader};
 
 use super::tree;
-use crate::untrusted_file::{self, FileError};
+use crate::{
+    byte_size::ByteSize,
+    memory_room,
+    untrusted_file::{self, Bound, FileError},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum OpenError {
@@ -18,6 +23,24 @@ pub(crate) enum OpenError {
         path.display()
     )]
     NotFound { path: PathBuf },
+    #[error(
+        "GeoIP database {} cannot be used: {why}; pass a regular .mmdb file of at most {} to --geoip.database",
+        path.display(),
+        ByteSize(MAX_DATABASE.max)
+    )]
+    Refused { path: PathBuf, why: FileError },
+    #[error(
+        "cannot read GeoIP database {}: it is {}, and {under} leaves room for {} only; raise the memory limit (a reload needs room for the new databases while the old ones serve; start-up logs how much) or use a smaller database",
+        path.display(),
+        ByteSize(*size),
+        ByteSize(*room)
+    )]
+    NoMemory {
+        path: PathBuf,
+        size: u64,
+        room: u64,
+        under: memory_room::Limit,
+    },
     #[error("cannot read GeoIP database {}; check the path and its permissions", path.display())]
     Unreadable {
         path: PathBuf,
@@ -110,26 +133,34 @@ pub(crate) struct LookupError {
 
 /// The largest database file read: the largest real ones (commercial
 /// city and ISP databases) are a few hundred megabytes.
-pub(crate) const MAX_DATABASE_BYTES: u64 = 2 << 30;
+pub(crate) const MAX_DATABASE: Bound = Bound {
+    what: "a GeoIP database",
+    max: 2 << 30,
+};
 
 /// Where a MaxMind DB's metadata begins: within its last 128 KiB.
 const METADATA_MARKER: &[u8] = b"\xab\xcd\xefMaxMind.com";
 const METADATA_SPAN: u64 = 128 << 10;
 
 /// Read the database file at `path` whole and check it is a MaxMind DB:
-/// a regular file of at most [`MAX_DATABASE_BYTES`] whose last 128 KiB
-/// hold the metadata (looked at before the rest is read).
-pub(super) fn read(path: &Path) -> Result<Reader<Vec<u8>>, OpenError> {
-    let unreadable = |source| match source {
-        FileError::NotFound => OpenError::NotFound {
-            path: path.to_owned(),
+/// a regular file of at most [`MAX_DATABASE`] whose last 128 KiB hold the
+/// metadata (looked at before the rest is read), and that fits in the
+/// memory the process may still take; given up when `stop` is set.
+pub(super) fn read(path: &Path, stop: &AtomicBool) -> Result<Reader<Vec<u8>>, OpenError> {
+    let path_buf = || path.to_owned();
+    let unreadable = |source: FileError| match source {
+        FileError::NotFound => OpenError::NotFound { path: path_buf() },
+        FileError::Stopped => OpenError::GivenUp { path: path_buf() },
+        why if why.is_refusal() => OpenError::Refused {
+            path: path_buf(),
+            why,
         },
         source => OpenError::Unreadable {
-            path: path.to_owned(),
+            path: path_buf(),
             source,
         },
     };
-    let file = untrusted_file::open(path, MAX_DATABASE_BYTES).map_err(unreadable)?;
+    let file = untrusted_file::open(path, MAX_DATABASE).map_err(unreadable)?;
     if file.size() == 0 {
         return Err(OpenError::Empty {
             path: path.to_owned(),
@@ -142,7 +173,17 @@ pub(super) fn read(path: &Path) -> Result<Reader<Vec<u8>>, OpenError> {
             source: MaxMindDbError::invalid_database("no MaxMind DB metadata in its last 128 KiB"),
         });
     }
-    check(file.read_all().map_err(unreadable)?, path)
+    if let Some(room) = memory_room::now()
+        && file.size() > room.bytes
+    {
+        return Err(OpenError::NoMemory {
+            path: path_buf(),
+            size: file.size(),
+            room: room.bytes,
+            under: room.under,
+        });
+    }
+    check(file.read_all_until(stop).map_err(unreadable)?, path)
 }
 
 fn rfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {

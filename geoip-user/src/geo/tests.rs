@@ -372,8 +372,15 @@ fn bad_databases_are_refused_with_the_path() {
 
     let dir_as_file = CountryTable::open(&dir).err().unwrap();
     assert!(
-        matches!(dir_as_file, OpenError::Unreadable { .. }),
+        matches!(dir_as_file, OpenError::Refused { .. }),
         "{dir_as_file:?}"
+    );
+    assert_eq!(
+        dir_as_file.to_string(),
+        format!(
+            "GeoIP database {} cannot be used: it is a directory, not a regular file; pass a regular .mmdb file of at most 2.0 GiB to --geoip.database",
+            dir.display()
+        )
     );
 }
 

@@ -25,11 +25,14 @@ use std::{
 use serde::Deserialize;
 
 use super::tls::{ClientAuth, MinVersion, TlsFileError, TlsReloader, TlsSettings};
-use crate::untrusted_file::{self, FileError};
+use crate::untrusted_file::{self, Bound, FileError};
 
 /// The largest web config file read (a few users and TLS paths are a few
 /// hundred bytes).
-const MAX_WEB_CONFIG_BYTES: u64 = 1 << 20;
+const MAX_WEB_CONFIG: Bound = Bound {
+    what: "a web config file",
+    max: 1 << 20,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum WebConfigError {
@@ -92,13 +95,12 @@ pub(crate) struct WebConfig {
 impl WebConfig {
     /// Read and check the file, including that the TLS files load.
     pub(crate) fn load(path: &Path) -> Result<Self, WebConfigError> {
-        let text =
-            untrusted_file::read_to_string(path, MAX_WEB_CONFIG_BYTES).map_err(|source| {
-                WebConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                }
-            })?;
+        let text = untrusted_file::read_to_string(path, MAX_WEB_CONFIG).map_err(|source| {
+            WebConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
         let (tls, users) = parse(path, &text)?;
         Ok(Self {
             tls: tls.map(TlsReloader::new).transpose()?,

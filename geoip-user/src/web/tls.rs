@@ -17,11 +17,14 @@ use rustls::{
 };
 use serde::Deserialize;
 
-use crate::untrusted_file;
+use crate::untrusted_file::{self, Bound};
 
 /// The largest certificate, key or CA file read (a chain of a dozen
 /// certificates is tens of kilobytes).
-const MAX_TLS_FILE_BYTES: u64 = 1 << 20;
+const MAX_TLS_FILE: Bound = Bound {
+    what: "a TLS file",
+    max: 1 << 20,
+};
 
 /// A TLS file named by the web config file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -137,9 +140,9 @@ impl TlsSettings {
     }
 
     /// The whole file `file` (a regular file of at most
-    /// [`MAX_TLS_FILE_BYTES`]), read as the config's `what`.
+    /// [`MAX_TLS_FILE`]), read as the config's `what`.
     fn read(&self, what: &'static str, file: &Path) -> Result<Vec<u8>, TlsFileError> {
-        untrusted_file::read(file, MAX_TLS_FILE_BYTES).map_err(|e| self.error(what, file, e))
+        untrusted_file::read(file, MAX_TLS_FILE).map_err(|e| self.error(what, file, e))
     }
 
     /// The certificates of the PEM file `file`, read as `what`.
