@@ -211,7 +211,7 @@ fn a_sighup_during_start_up_reloads_instead_of_ending_it() {
     let dir = temp_dir("untrusted-hup");
     let db = dir.join("big.mmdb");
     write_big(&db, 60_000);
-    for delay_ms in [30, 100, 250, 500] {
+    for delay_ms in [50, 100, 250, 500] {
         let port = geoip_tests::exporter::free_port();
         let mut child = Command::new(bin())
             .args(["--geoip.database", db.to_str().expect("utf-8")])
@@ -252,8 +252,10 @@ fn a_sighup_during_start_up_reloads_instead_of_ending_it() {
     }
 }
 
-/// A memory cgroup of this test's own: cgroup v2 (`memory.max`) or v1
-/// (`memory.limit_in_bytes`), under the cgroup this test runs in.
+/// A memory cgroup of this test's own: cgroup v1 (`memory.limit_in_bytes`)
+/// under the cgroup this test runs in, or v2 (`memory.max`) under the
+/// root, whose children get the memory controller when it is asked for
+/// (the test's own v2 cgroup holds processes, so its children cannot).
 struct MemoryCgroup {
     dir: PathBuf,
     limit_file: &'static str,
@@ -273,8 +275,17 @@ impl MemoryCgroup {
                     "memory.usage_in_bytes",
                 )
             } else {
-                let path = own.lines().find_map(|l| l.strip_prefix("0::"))?.to_owned();
-                ("/sys/fs/cgroup", path, "memory.max", "memory.current")
+                let control = Path::new("/sys/fs/cgroup/cgroup.subtree_control");
+                let enabled = fs::read_to_string(control).ok()?;
+                if !enabled.split_whitespace().any(|c| c == "memory") {
+                    fs::write(control, "+memory").ok()?;
+                }
+                (
+                    "/sys/fs/cgroup",
+                    String::new(),
+                    "memory.max",
+                    "memory.current",
+                )
             };
         let dir = Path::new(root)
             .join(path.trim_start_matches('/'))
@@ -292,6 +303,25 @@ impl MemoryCgroup {
             .ok()
             .and_then(|t| t.trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// Usage less the page cache the kernel can reclaim: what the
+    /// exporter's room is counted from.
+    fn unreclaimable(&self) -> u64 {
+        let v1 = self.limit_file == "memory.limit_in_bytes";
+        let keys: [&str; 2] = if v1 {
+            ["total_active_file", "total_inactive_file"]
+        } else {
+            ["active_file", "inactive_file"]
+        };
+        let stat = fs::read_to_string(self.dir.join("memory.stat")).unwrap_or_default();
+        let cache: u64 = stat
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(k, _)| keys.contains(k))
+            .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+            .sum();
+        self.usage().saturating_sub(cache)
     }
 
     fn limit(&self, bytes: u64) {
@@ -320,7 +350,8 @@ impl Drop for MemoryCgroup {
 /// In a memory cgroup limited to what the exporter holds after start-up
 /// plus the room it logged a reload needs (and 8 MiB), a reload of its
 /// databases (a country and a large city database) succeeds, and it
-/// lives.
+/// lives. Limited to what it holds plus half the city database, the next
+/// reload is refused, the limit named, and it lives and serves on.
 #[test]
 fn a_reload_fits_in_the_memory_start_up_said_it_needs() {
     let dir = temp_dir("untrusted-memory");
@@ -382,6 +413,21 @@ fn a_reload_fits_in_the_memory_start_up_said_it_needs() {
         usage + needs + (8 << 20),
         exporter.log()
     );
+    assert_eq!(exporter.get("/healthz").map(|r| r.0).ok(), Some(200));
+
+    let city_bytes = fs::metadata(&city).expect("city").len();
+    let tight = cgroup.unreclaimable() + city_bytes / 2;
+    cgroup.limit(tight);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let s = exporter.wait_for(|s| reloads(s, "failure") == 1.0);
+    let log = exporter.log();
+    assert_eq!(reloads(&s, "failure"), 1.0, "limit {tight}:\n{log}");
+    assert!(
+        log.contains("cannot read GeoIP database") && log.contains("leaves room for"),
+        "the refusal names the room:\n{log}"
+    );
+    assert!(log.contains("the memory cgroup"), "and the limit:\n{log}");
     assert_eq!(exporter.get("/healthz").map(|r| r.0).ok(), Some(200));
     stop_within_a_second(exporter);
 }

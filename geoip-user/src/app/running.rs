@@ -8,9 +8,7 @@
 //! leaves every connection an event touched meanwhile as the events say,
 //! so each one counts once.
 
-use std::{
-    collections::HashMap, future::Future, io, sync::Arc, thread::JoinHandle, time::Duration,
-};
+use std::{future::Future, io, sync::Arc, thread::JoinHandle, time::Duration};
 
 use tokio::{
     net::TcpListener,
@@ -53,7 +51,7 @@ pub(crate) struct Running {
     found: Merged,
     metrics: Metrics,
     state: AppState,
-    users: HashMap<String, String>,
+    auth: Option<Arc<BasicAuth>>,
     transport: Transport,
     listener: TcpListener,
     /// Where reloaded databases go to the event thread.
@@ -71,7 +69,7 @@ pub(crate) struct Running {
 pub(crate) async fn begin(args: &Args, started: Started) -> Result<Running, AppError> {
     let Started {
         databases,
-        users,
+        auth,
         transport,
         listener,
         probe,
@@ -135,7 +133,7 @@ pub(crate) async fn begin(args: &Args, started: Started) -> Result<Running, AppE
         found,
         metrics,
         state,
-        users,
+        auth,
         transport,
         listener,
         geo_updates,
@@ -191,8 +189,8 @@ impl Running {
         let local = self.listener.local_addr().map_err(AppError::Serve)?;
         tracing::info!(address = %local, path = %args.telemetry_path, "serving metrics");
         let mut app = router(self.state.clone(), &args.telemetry_path);
-        if !self.users.is_empty() {
-            app = with_basic_auth(app, Arc::new(BasicAuth::new(self.users.clone())));
+        if let Some(auth) = self.auth {
+            app = with_basic_auth(app, auth);
         }
         let limits = Limits {
             max_connections: args.max_connections,

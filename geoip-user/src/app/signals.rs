@@ -25,9 +25,10 @@ pub(crate) fn hold_hangup() {
         action.sa_flags = libc::SA_RESTART;
         libc::sigemptyset(&raw mut action.sa_mask);
         if libc::sigaction(libc::SIGHUP, &raw const action, std::ptr::null_mut()) != 0 {
-            tracing::warn!(
-                error = %std::io::Error::last_os_error(),
-                "cannot hold SIGHUP during start-up: one then ends the process"
+            // Logging is not set up yet: straight to stderr.
+            eprintln!(
+                "geoip-exporter: warning: cannot hold SIGHUP during start-up ({}): one then ends the process",
+                std::io::Error::last_os_error()
             );
         }
     }

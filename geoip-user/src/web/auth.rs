@@ -4,7 +4,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -19,12 +22,14 @@ use tokio::sync::Semaphore;
 
 /// Require basic auth on every path but `/healthz` (which says only
 /// whether the exporter works, and which liveness probes must reach).
-/// Checks run off the runtime's threads, [`MAX_CHECKS`] at a time (a
-/// request that waits longer than [`CHECK_WAIT`] for its turn is answered
-/// 503), and a refusal takes as long as a check of the slowest hash, so
-/// its time tells nothing of which users exist.
+/// Checks run off the runtime's threads, half as many at a time as there
+/// are cores ([`max_checks`]; a request that waits longer than
+/// [`CHECK_WAIT`] for its turn is answered 503), and every refusal costs
+/// the work of a check of the dearest hash and takes no less time than
+/// the slowest refusal seen, so its time tells nothing of which users
+/// exist.
 pub(crate) fn with_basic_auth(router: Router, auth: Arc<BasicAuth>) -> Router {
-    let turns = Arc::new(Semaphore::new(MAX_CHECKS));
+    let turns = Arc::new(Semaphore::new(max_checks()));
     router.layer(axum::middleware::from_fn(
         move |req: Request, next: Next| {
             let (auth, turns) = (auth.clone(), turns.clone());
@@ -56,15 +61,18 @@ pub(crate) fn with_basic_auth(router: Router, auth: Arc<BasicAuth>) -> Router {
     ))
 }
 
-/// Password checks run at once (bcrypt takes a core for its time).
-const MAX_CHECKS: usize = 2;
+/// Password checks run at once: half the cores (bcrypt takes a core for
+/// its time), at least one.
+fn max_checks() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
 
 /// The longest a request waits for its turn to be checked.
 const CHECK_WAIT: Duration = Duration::from_secs(5);
 
 /// Whether `authorization` lets the request in; `None` when its turn did
 /// not come within [`CHECK_WAIT`]. A refusal is answered no sooner than
-/// [`BasicAuth::refusal`] after the check began.
+/// [`BasicAuth::floor`] after the check began.
 async fn admitted(
     auth: &Arc<BasicAuth>,
     turns: &Arc<Semaphore>,
@@ -90,7 +98,9 @@ async fn admitted(
     .await
     .unwrap_or(false);
     if !ok {
-        tokio::time::sleep(auth.refusal.saturating_sub(began.elapsed())).await;
+        let took = began.elapsed();
+        let floor = auth.floor(took);
+        tokio::time::sleep(floor.saturating_sub(took)).await;
     }
     Some(ok)
 }
@@ -101,15 +111,34 @@ async fn admitted(
 pub(crate) struct BasicAuth {
     users: HashMap<String, String>,
     passed: Mutex<HashSet<String>>,
-    /// Verified when the user is unknown, at the highest cost of the
-    /// users' hashes, so that the answer takes as long.
+    /// Verified when the user is unknown, or after a wrong password of a
+    /// cheaper hash, at the highest cost of the users' hashes: every
+    /// refusal costs the work of one check of the dearest hash.
     dummy: String,
-    /// How long one check against the slowest hash takes: no refusal is
-    /// answered sooner.
-    refusal: Duration,
+    /// The highest cost of the users' hashes (the dummy's).
+    cost: u32,
+    /// How long one check against the dearest hash took at start-up.
+    measured: Duration,
+    /// The slowest refusal seen, in nanoseconds, at most [`FLOOR_SPAN`]
+    /// times `measured`: no refusal is answered sooner.
+    slowest: AtomicU64,
 }
 
+/// How far above the check measured at start-up the floor of a refusal's
+/// time may rise (a loaded machine checks slower; a hiccup must not make
+/// every later refusal slow).
+const FLOOR_SPAN: u32 = 2;
+
 const CACHE_MAX: usize = 256;
+
+/// A bcrypt hash's cost.
+fn cost_of(hash: &str) -> Option<u32> {
+    hash.parse::<bcrypt::HashParts>().ok().map(|p| p.get_cost())
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
 
 impl BasicAuth {
     /// The users and their hashes (checked at load: their costs are
@@ -118,19 +147,33 @@ impl BasicAuth {
     pub(crate) fn new(users: HashMap<String, String>) -> Self {
         let cost = users
             .values()
-            .filter_map(|h| h.parse::<bcrypt::HashParts>().ok())
-            .map(|p| p.get_cost())
+            .filter_map(|h| cost_of(h))
             .max()
             .unwrap_or(bcrypt::DEFAULT_COST);
         let dummy = bcrypt::hash("not anyone's password", cost).unwrap_or_default();
         let began = Instant::now();
         let _ = bcrypt::verify("a wrong password", &dummy);
+        let measured = began.elapsed();
         Self {
             users,
             passed: Mutex::new(HashSet::new()),
             dummy,
-            refusal: began.elapsed(),
+            cost,
+            measured,
+            slowest: AtomicU64::new(nanos(measured)),
         }
+    }
+
+    /// The least time a refusal that took `took` is answered in: the
+    /// slowest refusal seen so far, this one included, within
+    /// [`FLOOR_SPAN`] of the start-up measurement.
+    fn floor(&self, took: Duration) -> Duration {
+        let cap = nanos(self.measured.saturating_mul(FLOOR_SPAN));
+        let seen = self
+            .slowest
+            .fetch_max(nanos(took).min(cap), Ordering::Relaxed)
+            .max(nanos(took).min(cap));
+        Duration::from_nanos(seen)
     }
 
     /// Whether `authorization` passed a check before (no new check needed).
@@ -174,6 +217,11 @@ impl BasicAuth {
             None => (self.dummy.as_str(), false),
         };
         let ok = bcrypt::verify(password, hash).unwrap_or(false) && known;
+        if !ok && known && cost_of(hash) < Some(self.cost) {
+            // A wrong password of a cheaper hash: the rest of the work of
+            // a dear check, so that the refusal costs as much.
+            let _ = bcrypt::verify(password, &self.dummy);
+        }
         if ok {
             let mut passed = self.passed.lock().unwrap_or_else(PoisonError::into_inner);
             if passed.len() >= CACHE_MAX {
@@ -220,7 +268,7 @@ mod tests {
             ("dear".to_owned(), bcrypt::hash("right", 9).unwrap()),
         ];
         let auth = Arc::new(BasicAuth::new(users.into()));
-        let turns = Arc::new(Semaphore::new(MAX_CHECKS));
+        let turns = Arc::new(Semaphore::new(max_checks()));
         let header = |user: &str, pass: &str| {
             Some(format!(
                 "Basic {}",
@@ -240,16 +288,33 @@ mod tests {
         let (ok, unknown) = timed(header("nobody", "wrong")).await;
         assert_eq!(ok, Some(false));
         assert!(
-            cheap >= auth.refusal && unknown >= auth.refusal,
+            cheap >= auth.measured && unknown >= auth.measured,
             "{cheap:?} {unknown:?} {:?}",
-            auth.refusal
+            auth.measured
         );
         let began = Instant::now();
         assert!(bcrypt::verify("x", &bcrypt::hash("y", 4).unwrap()).is_ok());
         assert!(
-            auth.refusal > began.elapsed() * 4,
+            auth.measured > began.elapsed() * 4,
             "the floor is the dear hash's: {:?}",
-            auth.refusal
+            auth.measured
+        );
+        // The floor rises to the slowest refusal seen, within its span.
+        assert!(auth.floor(Duration::ZERO) >= auth.measured);
+        let slow = auth.measured * 3 / 2;
+        auth.floor(slow);
+        assert!(auth.floor(Duration::ZERO) >= slow);
+        // A wrong password of the cheap hash costs a dear check's work,
+        // not only its time (the floor alone would leave the cores idle).
+        let began = Instant::now();
+        assert!(!auth.check(header("cheap", "wrong").as_deref()));
+        let work = began.elapsed();
+        let began = Instant::now();
+        assert!(bcrypt::verify("x", &bcrypt::hash("y", 4).unwrap()).is_ok());
+        assert!(work > began.elapsed() * 4, "{work:?}");
+        assert_eq!(
+            auth.floor(Duration::from_hours(1)),
+            auth.measured * FLOOR_SPAN
         );
         assert_eq!(timed(header("cheap", "right")).await.0, Some(true));
     }
