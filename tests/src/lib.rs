@@ -5,6 +5,7 @@
 //! - [`netns`]: test hosts with public-looking addresses in a network
 //!   namespace the test creates;
 //! - [`exporter`]: runs the real binary and reads its `/metrics`;
+//!   [`kernel`]: the running kernel's version and what it counts;
 //! - [`load`]: load generation for the benchmark and the soak;
 //! - [`hold`], [`scrape`], [`peer`]: the scale and poller benchmarks'
 //!   connection holders, `/metrics` latency and the polling peer;
@@ -26,6 +27,7 @@ pub mod crafted;
 pub mod exporter;
 pub mod fixtures;
 pub mod hold;
+pub mod kernel;
 pub mod load;
 pub mod mmdb;
 pub mod netns;

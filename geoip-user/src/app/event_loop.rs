@@ -134,6 +134,7 @@ impl EventLoop {
     }
 
     fn apply_batch(&mut self) {
+        let _updating = self.metrics.updating();
         for record in self.batch.drain(..) {
             match record {
                 Ok(event) => {
@@ -202,7 +203,10 @@ impl EventLoop {
             seen: snap.conns.len(),
             namespaces: snap.scanned.len(),
         };
-        let report = self.tracker.finish_sync(&snap, kind);
+        let report = {
+            let _updating = self.metrics.updating();
+            self.tracker.finish_sync(&snap, kind)
+        };
         // The snapshot and the merge's working set (megabytes at 100,000
         // connections) are freed now: give the memory back rather than let
         // the allocator keep it.
@@ -273,10 +277,16 @@ impl EventLoop {
                 Some(dbs) = self.geo_updates.recv() => {
                     // Dropping the old country table (megabytes) is left
                     // to a blocking thread.
-                    let old = self.tracker.replace_databases(dbs);
+                    let old = {
+                        let _updating = self.metrics.updating();
+                        self.tracker.replace_databases(dbs)
+                    };
                     tokio::task::spawn_blocking(move || drop(old));
                 }
-                _ = s.reranks.tick() => self.tracker.rerank(),
+                _ = s.reranks.tick() => {
+                    let _updating = self.metrics.updating();
+                    self.tracker.rerank();
+                }
                 () = tick(s.byte_passes.as_mut()), if s.counting.is_none() => self.count_bytes(&mut s),
                 taken = wait(s.counting.as_mut().map(|p| &mut p.0)), if s.counting.is_some() => {
                     self.counted(&mut s, taken);
@@ -348,7 +358,10 @@ impl EventLoop {
             return;
         };
         match taken {
-            Ok(Ok(snap)) => self.tracker.account(&snap, began),
+            Ok(Ok(snap)) => {
+                let _updating = self.metrics.updating();
+                self.tracker.account(&snap, began);
+            }
             Ok(Err(err)) => {
                 tracing::warn!(error = %crate::error::chain(&err), "counting the bytes of open connections failed; trying again at the next interval");
             }

@@ -23,8 +23,30 @@ pub(super) struct ReconcilePolicy {
 impl ReconcilePolicy {
     /// When the event loop reconciles, if it does: not when disabled, and
     /// not when namespaces cannot be told apart (it would take containers'
-    /// connections for stale ones).
-    pub(super) fn of(scope: Scope, every: Duration, max: Duration) -> Option<Self> {
+    /// connections for stale ones). A kernel that does not count the
+    /// program's skipped runs (`counts_skipped` false: before 5.12) cannot
+    /// say when events went missing: then every check reconciles.
+    pub(super) fn of(
+        scope: Scope,
+        every: Duration,
+        max: Duration,
+        counts_skipped: bool,
+    ) -> Option<Self> {
+        let policy = Self::counted(scope, every, max)?;
+        if counts_skipped {
+            return Some(policy);
+        }
+        tracing::info!(
+            interval = ?every,
+            "this kernel does not count the program's skipped runs: reconciling every --reconcile.interval instead of after losses"
+        );
+        Some(Self {
+            max: Some(every),
+            ..policy
+        })
+    }
+
+    fn counted(scope: Scope, every: Duration, max: Duration) -> Option<Self> {
         match (scope, every) {
             (_, Duration::ZERO) => None,
             (Scope::OwnUntagged, _) => {
@@ -56,7 +78,8 @@ mod tests {
 
     #[test]
     fn reconciles_after_losses_or_when_the_safety_interval_passed() {
-        let policy = ReconcilePolicy::of(Scope::All, MINUTE, Duration::from_mins(15)).unwrap();
+        let policy =
+            ReconcilePolicy::of(Scope::All, MINUTE, Duration::from_mins(15), true).unwrap();
         assert_eq!(policy.check, MINUTE);
         // Nothing lost, recently reconciled: nothing to repair.
         assert!(!policy.due(5, 5, MINUTE));
@@ -69,20 +92,30 @@ mod tests {
 
     #[test]
     fn zero_max_interval_reconciles_only_after_losses() {
-        let policy = ReconcilePolicy::of(Scope::All, MINUTE, Duration::ZERO).unwrap();
+        let policy = ReconcilePolicy::of(Scope::All, MINUTE, Duration::ZERO, true).unwrap();
         assert_eq!(policy.max, None);
         assert!(!policy.due(0, 0, Duration::from_hours(1000)));
         assert!(policy.due(0, 1, Duration::ZERO));
     }
 
+    /// Before 5.12 the kernel does not count skipped runs: nothing says
+    /// events went missing, so each check reconciles.
+    #[test]
+    fn a_kernel_that_cannot_count_skipped_runs_reconciles_at_each_check() {
+        let policy =
+            ReconcilePolicy::of(Scope::All, MINUTE, Duration::from_mins(15), false).unwrap();
+        assert!(policy.due(5, 5, MINUTE));
+        assert!(!policy.due(5, 5, Duration::from_secs(59)));
+    }
+
     #[test]
     fn no_reconcile_when_disabled_or_namespaces_unknown() {
         assert_eq!(
-            ReconcilePolicy::of(Scope::All, Duration::ZERO, MINUTE),
+            ReconcilePolicy::of(Scope::All, Duration::ZERO, MINUTE, true),
             None
         );
         assert_eq!(
-            ReconcilePolicy::of(Scope::OwnUntagged, MINUTE, MINUTE),
+            ReconcilePolicy::of(Scope::OwnUntagged, MINUTE, MINUTE, false),
             None
         );
     }

@@ -27,7 +27,7 @@ use crate::{
     exclude::Exclusions,
     geo::Databases,
     kernel::{log, probe::Attached, ring::EventReader},
-    metrics::{Metrics, Wanted},
+    metrics::{KernelCount, Metrics, Wanted},
     snapshot::Scope,
     table::{LabelLimits, Labels, Measures, Tracker},
     web::{self, AppState, BasicAuth, Limits, Transport, router, with_basic_auth},
@@ -87,10 +87,15 @@ pub(crate) async fn begin(args: &Args, started: Started) -> Result<Running, AppE
         .with_queries(query_tx, args.connections_api);
     let losses = Arc::new(probe.losses);
     let (lost, missed) = (losses.clone(), losses.clone());
-    metrics.register_kernel_losses(
-        Box::new(move || lost.lost()),
-        Box::new(move || missed.missed()),
-    )?;
+    let missed: Option<KernelCount> = if losses.missed().is_some() {
+        Some(Box::new(move || missed.missed()))
+    } else {
+        tracing::info!(
+            "this kernel does not count the program's skipped runs (recursion_misses, Linux 5.12 and later): geoip_exporter_events_missed_total is not exported; lost events still are, and the reconcile still repairs"
+        );
+        None
+    };
+    metrics.register_kernel_losses(Box::new(move || lost.lost()), missed)?;
     if let Some(logger) = probe.logger {
         log::forward(logger);
     }
@@ -99,8 +104,12 @@ pub(crate) async fn begin(args: &Args, started: Started) -> Result<Running, AppE
     } else {
         Scope::OwnUntagged
     };
-    let reconcile =
-        ReconcilePolicy::of(scope, args.reconcile_interval, args.reconcile_max_interval);
+    let reconcile = ReconcilePolicy::of(
+        scope,
+        args.reconcile_interval,
+        args.reconcile_max_interval,
+        losses.missed().is_some(),
+    );
     let (geo_updates, geo_rx) = mpsc::channel(1);
     let (runtime, reader) = event_runtime(probe.ring, probe.control)?;
     let events = EventLoop {

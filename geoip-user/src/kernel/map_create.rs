@@ -71,7 +71,7 @@ pub(crate) fn ring_buffer(bytes: u32) -> Result<(), RingBufferRefused> {
 }
 
 /// What a refusal of `bytes` with `err` means on kernel `kernel`.
-fn refused(bytes: u32, err: io::Error, kernel: Option<(u32, u32)>) -> RingBufferRefused {
+pub(super) fn refused(bytes: u32, err: io::Error, kernel: Option<(u32, u32)>) -> RingBufferRefused {
     match err.raw_os_error() {
         Some(libc::EINVAL) => RingBufferRefused::Unsupported { bytes, err },
         Some(libc::EPERM) if kernel < Some(MEMCG_ACCOUNTING) => {

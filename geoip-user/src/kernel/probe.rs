@@ -24,6 +24,7 @@ use super::{
     btf::{Btf, BtfError},
     log::TracingLog,
     losses::KernelLosses,
+    map_create::{self, RingBufferRefused},
     memlock,
     tracefs::{self, TracefsError},
     version,
@@ -50,6 +51,10 @@ pub(crate) enum ProbeError {
         "loading the kernel program failed; it needs Linux 5.8 or later with BTF (/sys/kernel/btf/vmlinux) and BPF ring buffers, and CAP_BPF+CAP_PERFMON"
     )]
     Load(#[source] aya::EbpfError),
+    /// The load failed and the kernel refuses the ring buffer itself: the
+    /// one thing missing, said as `check` says it.
+    #[error("cannot load the kernel program: {0}")]
+    RingBuffer(#[source] RingBufferRefused),
     #[error(
         "the embedded kernel object has no {what} named {name}; the binary is broken, rebuild it"
     )]
@@ -69,6 +74,16 @@ pub(crate) enum ProbeError {
     },
     #[error("cannot poll the ring buffer")]
     Poll(#[source] io::Error),
+}
+
+/// Why loading failed: when this kernel refuses the ring buffer on its
+/// own (one older than 5.8, a locked-memory limit too low), that, naming
+/// what is missing; else the loader's error.
+fn load_error(err: aya::EbpfError, ring: Result<(), RingBufferRefused>) -> ProbeError {
+    match ring {
+        Err(refused) => ProbeError::RingBuffer(refused),
+        Ok(()) => ProbeError::Load(err),
+    }
 }
 
 /// Fail early, with what is missing, when the process cannot load the
@@ -206,7 +221,7 @@ impl Prepared {
             .map_max_entries(EVENTS_MAP, self.ring_bytes)
             .map_max_entries(CONNECTING_MAP, connecting)
             .load(PROGRAM_OBJECT)
-            .map_err(ProbeError::Load)?;
+            .map_err(|err| load_error(err, map_create::ring_buffer(self.ring_bytes)))?;
         let logger = match aya_log::EbpfLogger::init_with_logger(&mut ebpf, TracingLog) {
             Ok(logger) => Some(logger),
             Err(err) => {
@@ -270,4 +285,34 @@ fn take_map<T>(
         .take_map(name)
         .ok_or(ProbeError::Missing { what: "map", name })?;
     convert(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An older kernel's answers: its refusal of the ring buffer is the
+    /// one line start-up says, as `check` says it; a kernel that makes
+    /// the ring buffer gets the loader's own error.
+    #[test]
+    fn a_failed_load_names_what_the_kernel_lacks() {
+        let einval = io::Error::from_raw_os_error(libc::EINVAL);
+        let older = map_create::refused(4 << 20, einval, Some((4, 19)));
+        assert_eq!(
+            load_error(aya::EbpfError::NoBTF, Err(older)).to_string(),
+            "cannot load the kernel program: this kernel refused a BPF ring buffer of 4194304 bytes (Invalid argument (os error 22)): ring buffers need Linux 5.8 or later"
+        );
+        let eperm = io::Error::from_raw_os_error(libc::EPERM);
+        let limited = map_create::refused(4 << 20, eperm, Some((5, 10)));
+        assert!(
+            load_error(aya::EbpfError::NoBTF, Err(limited))
+                .to_string()
+                .contains("locked-memory limit")
+        );
+        assert!(
+            load_error(aya::EbpfError::NoBTF, Ok(()))
+                .to_string()
+                .starts_with("loading the kernel program failed")
+        );
+    }
 }

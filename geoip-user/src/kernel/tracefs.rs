@@ -23,6 +23,11 @@ pub(crate) enum TracefsError {
         path.display()
     )]
     Denied { path: PathBuf },
+    #[error(
+        "this kernel has no tracepoint {TRACEPOINT_CATEGORY}/{TRACEPOINT_NAME} ({} does not exist): it came with Linux 4.16, and the exporter needs 5.8 or later; upgrade the kernel",
+        path.display()
+    )]
+    NoTracepoint { path: PathBuf },
     #[error("cannot read the tracepoint format {}", path.display())]
     Read {
         path: PathBuf,
@@ -65,17 +70,18 @@ pub(crate) fn format_path() -> Result<PathBuf, TracefsError> {
 /// Read and check the layout of this kernel's tracepoint record.
 pub(crate) fn read_layout() -> Result<TracepointLayout, TracefsError> {
     let path = format_path()?;
-    let text = std::fs::read_to_string(&path).map_err(|source| {
-        if source.kind() == io::ErrorKind::PermissionDenied {
-            TracefsError::Denied { path: path.clone() }
-        } else {
-            TracefsError::Read {
-                path: path.clone(),
-                source,
-            }
-        }
-    })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| read_error(&path, source))?;
     parse_layout(&text, &path)
+}
+
+/// What a failed read of the format file at `path` means.
+fn read_error(path: &Path, source: io::Error) -> TracefsError {
+    let path = path.to_owned();
+    match source.kind() {
+        io::ErrorKind::PermissionDenied => TracefsError::Denied { path },
+        io::ErrorKind::NotFound => TracefsError::NoTracepoint { path },
+        _ => TracefsError::Read { path, source },
+    }
 }
 
 /// Parse a tracepoint format description (`field:TYPE NAME; offset:N; size:N; ...`).
@@ -181,6 +187,17 @@ print fmt: \"family=%s protocol=%s ...\"
 
     /// The layout of the kernel under the tests (tracefs is mounted by
     /// `cargo xtask setup`, which `cargo xtask test` runs first).
+    /// A kernel older than 4.16 has tracefs but not the tracepoint.
+    #[test]
+    fn a_kernel_without_the_tracepoint_is_told_so() {
+        let path = Path::new("/sys/kernel/tracing/events/sock/inet_sock_set_state/format");
+        let err = read_error(path, io::Error::from(io::ErrorKind::NotFound));
+        assert_eq!(
+            err.to_string(),
+            "this kernel has no tracepoint sock/inet_sock_set_state (/sys/kernel/tracing/events/sock/inet_sock_set_state/format does not exist): it came with Linux 4.16, and the exporter needs 5.8 or later; upgrade the kernel"
+        );
+    }
+
     #[test]
     fn reads_the_running_kernel() {
         let layout = read_layout().unwrap_or_else(|e| panic!("{e}"));

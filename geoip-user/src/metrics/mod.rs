@@ -21,6 +21,8 @@ mod self_metrics;
 #[cfg(test)]
 mod tests;
 
+use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
+
 pub(crate) use families::Wanted;
 use families::{ConnectionFamilies, OptInFamilies};
 use kernel_counter::FromKernel;
@@ -49,7 +51,17 @@ pub(crate) struct Metrics {
     health: Health,
     index: SeriesIndex,
     wanted: Wanted,
+    /// Held (written) while the event thread applies a change that moves
+    /// more than one series (a close: the gauge down, the closed counter
+    /// up), and (read) while a scrape or the API reads them: each sees
+    /// all of a change or none of it.
+    consistency: Arc<RwLock<()>>,
 }
+
+/// While alive, no scrape reads the connection series.
+pub(crate) struct Updating<'a>(
+    #[expect(dead_code, reason = "held for its drop")] RwLockWriteGuard<'a, ()>,
+);
 
 impl Metrics {
     /// Create and register every metric. `legacy_job_location` adds the
@@ -80,16 +92,19 @@ impl Metrics {
             health,
             index: SeriesIndex::default(),
             wanted,
+            consistency: Arc::default(),
         })
     }
 
     /// Export the kernel's counts of events it could not hand over: ring
     /// buffer full (`lost`), and runs of the program the kernel skipped
-    /// because it was already running on that CPU (`missed`).
+    /// because it was already running on that CPU (`missed`; `None` on a
+    /// kernel that does not count them, before 5.12: the family is then
+    /// absent, not a 0 that would claim nothing was skipped).
     pub(crate) fn register_kernel_losses(
         &self,
         lost: KernelCount,
-        missed: KernelCount,
+        missed: Option<KernelCount>,
     ) -> Result<(), MetricsError> {
         let counter = IntCounter::new(
             "geoip_exporter_events_lost_total",
@@ -99,6 +114,9 @@ impl Metrics {
             counter,
             source: lost,
         }))?;
+        let Some(missed) = missed else {
+            return Ok(());
+        };
         let counter = IntCounter::new(
             "geoip_exporter_events_missed_total",
             "Runs of the kernel program the kernel skipped because it was already running on that CPU (a TCP state change in an interrupt during another one); each may have been a connection event, which the reconcile they trigger repairs.",
@@ -137,7 +155,13 @@ impl Metrics {
 
     /// The whole registry in the text exposition format.
     pub(crate) fn render(&self) -> Result<String, MetricsError> {
-        let families = self.registry.gather();
+        let families = {
+            let _reading = self
+                .consistency
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.registry.gather()
+        };
         let mut out = Vec::with_capacity(16 * 1024);
         TextEncoder::new().encode(&families, &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()).into())
@@ -153,7 +177,21 @@ impl Metrics {
     /// service`), and each service's; bytes too when no service is asked
     /// for. The same values `/metrics` shows.
     pub(crate) fn overview(&self, service: Option<&str>) -> Overview {
+        let _reading = self
+            .consistency
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         self.index.overview(service, self.wanted.bytes)
+    }
+
+    /// Hold off scrapes while the series change together (see
+    /// `consistency`); keep it for a batch, not across an await.
+    pub(crate) fn updating(&self) -> Updating<'_> {
+        Updating(
+            self.consistency
+                .write()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// A fresh recorder for the one task that updates connection metrics.

@@ -92,7 +92,7 @@ fn legacy_gauge_is_optional_and_lost_events_are_read_at_scrape() {
     let source = lost.clone();
     m.register_kernel_losses(
         Box::new(move || Some(source.load(std::sync::atomic::Ordering::Relaxed))),
-        Box::new(|| Some(3)),
+        Some(Box::new(|| Some(3))),
     )
     .unwrap();
     assert!(
@@ -108,4 +108,62 @@ fn legacy_gauge_is_optional_and_lost_events_are_read_at_scrape() {
     );
     assert!(text.contains("geoip_exporter_events_missed_total 3\n"));
     assert!(!text.contains("job_location"));
+}
+
+/// A kernel that does not count skipped runs: the family is absent, not a
+/// false 0.
+#[test]
+fn skipped_runs_are_absent_where_the_kernel_does_not_count_them() {
+    let m = Metrics::new(false).unwrap();
+    m.register_kernel_losses(Box::new(|| Some(1)), None)
+        .unwrap();
+    let text = m.render().unwrap();
+    assert!(
+        text.contains("geoip_exporter_events_lost_total 1\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("geoip_exporter_events_missed_total"),
+        "{text}"
+    );
+}
+
+/// A scrape while the event thread opens and closes sees each change
+/// whole: open connections plus closed ones always equal the opened, in
+/// every render (without the hold, a render between a close's gauge and
+/// its counter breaks it within a few thousand tries).
+#[test]
+fn a_scrape_sees_each_change_whole() {
+    let m = Metrics::new(false).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (m, done) = (m.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut r = m.recorder();
+            for _ in 0..200_000 {
+                let _updating = m.updating();
+                r.opened(de(), Direction::Outbound, 0, String::new);
+                r.closed(de(), Direction::Outbound, 0, String::new);
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        })
+    };
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains("country=\"DE\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let mut renders = 0;
+    while !done.load(std::sync::atomic::Ordering::Relaxed) && renders < 20_000 {
+        let text = m.render().unwrap();
+        let open = value(&text, "geoip_connections{");
+        let opened = value(&text, "geoip_connections_opened_total{");
+        let closed = value(&text, "geoip_connections_closed_total{");
+        assert_eq!(open + closed, opened, "render {renders}:\n{text}");
+        renders += 1;
+    }
+    writer.join().unwrap();
+    assert!(renders > 10, "the renders overlapped the changes: {renders}");
 }
