@@ -15,13 +15,21 @@
 
 /// Name of the ring buffer map carrying [`ConnEvent`]s.
 pub const EVENTS_MAP: &str = "EVENTS";
-/// Name of the per-CPU array (one `u64` slot) counting events the program
-/// could not submit because the ring buffer was full.
+/// Name of the array (one `u64` slot per CPU, indexed by CPU number, as
+/// many as user space sizes it to) counting events the program could not
+/// submit because the ring buffer was full. Memory-mapped
+/// ([`MAP_MMAPABLE`]): user space reads it without a system call, so with
+/// its capabilities dropped even where the kernel refuses every `bpf(2)`
+/// to a process without them (before 5.19, with
+/// `kernel.unprivileged_bpf_disabled` set, as distributions do).
 pub const LOST_MAP: &str = "LOST";
-/// Name of the one-slot array (`u32`) through which the daemon tells the
-/// program how to wake it: [`WAKE_ON_FIRST`] while it sleeps until woken
-/// (no events for a while), 0 while it drains the ring on its timer.
+/// Name of the one-slot array (`u32`, memory-mapped like [`LOST_MAP`])
+/// through which the daemon tells the program how to wake it:
+/// [`WAKE_ON_FIRST`] while it sleeps until woken (no events for a while),
+/// 0 while it drains the ring on its timer.
 pub const CONTROL_MAP: &str = "CONTROL";
+/// `BPF_F_MMAPABLE`: an array user space maps into its memory (Linux 5.5).
+pub const MAP_MMAPABLE: u32 = 1 << 10;
 /// [`CONTROL_MAP`] value: wake user space on the first record of an empty
 /// ring.
 pub const WAKE_ON_FIRST: u32 = 1;

@@ -6,7 +6,8 @@
 //! TCP state change it decides whether the transition matters (entering or
 //! leaving ESTABLISHED, see `geoip_common::classify`), and if so reserves and
 //! submits one `ConnEvent` in the `EVENTS` ring buffer (kernel 5.8 and
-//! later). An event that does not fit is counted in the per-CPU `LOST` array.
+//! later). An event that does not fit is counted in this CPU's slot of the
+//! `LOST` array.
 //! Nothing is logged on this path.
 //!
 //! With opt-in features (the `FEATURES` global, see
@@ -40,19 +41,20 @@ use aya_ebpf::{
 use geoip_common::{
     AF_INET, AF_INET6, ConnEvent, ConnEventExt, DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES,
     DIRECTION_OUTBOUND, DIRECTION_UNKNOWN, FLAG_FIN_ACKED, FLAG_FIN_RECEIVED, FLAG_FINAL,
-    IPPROTO_TCP, KIND_FINAL, KIND_OPEN, RING_RECORD_BYTES, RING_RECORD_EXT_BYTES, SockLayout,
-    TCP_SPAN_MAX, TcpLayout, TracepointLayout, WAKE_ON_FIRST, address_bytes, address_words,
-    always_excluded_v4, always_excluded_v6, classify, feature, is_final, tcp_state,
+    IPPROTO_TCP, KIND_FINAL, KIND_OPEN, MAP_MMAPABLE, RING_RECORD_BYTES, RING_RECORD_EXT_BYTES,
+    SockLayout, TCP_SPAN_MAX, TcpLayout, TracepointLayout, WAKE_ON_FIRST, address_bytes,
+    address_words, always_excluded_v4, always_excluded_v6, classify, feature, is_final, tcp_state,
 };
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
+/// One slot per CPU (user space sets how many), memory-mapped.
 #[map(name = "LOST")]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static LOST: Array<u64> = Array::with_max_entries(1, MAP_MMAPABLE);
 
 #[map(name = "CONTROL")]
-static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
+static CONTROL: Array<u32> = Array::with_max_entries(1, MAP_MMAPABLE);
 
 /// Outbound connects: socket address -> the comm of the process that
 /// called `connect()` ([`feature::COMM`]; user space sizes it, to one
@@ -299,10 +301,13 @@ fn submit(event: ConnEvent, sock: u64, states: (i32, i32), features: u32) {
         slot.submit(wakeup_flag(RING_RECORD_EXT_BYTES));
         return;
     }
-    if let Some(lost) = LOST.get_ptr_mut(0) {
-        // SAFETY: the slot belongs to this CPU and the program cannot be
-        // preempted by itself on it.
-        unsafe { *lost += 1 };
+    // SAFETY: a helper without arguments.
+    let cpu = unsafe { generated::bpf_get_smp_processor_id() };
+    if let Some(lost) = LOST.get_ptr_mut(cpu) {
+        // SAFETY: the slot is this CPU's, and the kernel never runs the
+        // program on a CPU where it is already running: no other writer.
+        // User space only reads it (a u64 store is not torn).
+        unsafe { core::ptr::write_volatile(lost, core::ptr::read_volatile(lost) + 1) };
     }
 }
 

@@ -222,7 +222,11 @@ fn lost_events_are_counted_and_repaired_by_the_reconcile() {
     });
     assert!(
         value(&repaired, "geoip_exporter_events_lost_total") > 0.0,
-        "the test must lose events to test their repair"
+        "the test must lose events to test their repair: {:?}",
+        repaired
+            .iter()
+            .filter(|(k, _)| k.starts_with("geoip_exporter_"))
+            .collect::<Vec<_>>()
     );
     assert_eq!(conns(&repaired, "JP", "outbound"), open_now);
     assert_eq!(

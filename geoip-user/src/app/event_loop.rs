@@ -152,7 +152,7 @@ impl EventLoop {
     /// Events the kernel lost or skipped, and records that could not be
     /// decoded, since the program was loaded.
     fn losses(&self) -> u64 {
-        let kernel = self.losses.lost().unwrap_or(0) + self.losses.missed().unwrap_or(0);
+        let kernel = self.losses.lost() + self.losses.missed().unwrap_or(0);
         kernel + self.undecodable
     }
 

@@ -95,7 +95,7 @@ pub(crate) async fn begin(args: &Args, started: Started) -> Result<Running, AppE
         );
         None
     };
-    metrics.register_kernel_losses(Box::new(move || lost.lost()), missed)?;
+    metrics.register_kernel_losses(Box::new(move || Some(lost.lost())), missed)?;
     if let Some(logger) = probe.logger {
         log::forward(logger);
     }
@@ -281,7 +281,7 @@ impl Drop for EventRuntime {
 /// it.
 fn event_runtime(
     ring: aya::maps::RingBuf<aya::maps::MapData>,
-    control: aya::maps::Array<aya::maps::MapData, u32>,
+    control: crate::kernel::shared_array::SharedArray<u32>,
 ) -> Result<(EventRuntime, EventReader), AppError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -2,70 +2,59 @@
 
 use std::os::fd::{AsRawFd as _, OwnedFd};
 
-use aya::maps::{MapData, PerCpuArray};
+use super::shared_array::SharedArray;
 
 /// What the kernel could not hand over, as it counts it: events the
 /// program dropped on a full ring buffer, and runs of the program the
-/// kernel skipped. Each read is one system call; `None` when the kernel
-/// does not say.
+/// kernel skipped. Neither read is a `bpf(2)` call (see
+/// [`super::shared_array`]).
 pub(crate) struct KernelLosses {
-    lost: PerCpuArray<MapData, u64>,
+    /// One slot per CPU.
+    lost: SharedArray<u64>,
     /// The program, for the kernel's count of its skipped runs.
     program: OwnedFd,
 }
 
 impl KernelLosses {
-    pub(super) const fn new(lost: PerCpuArray<MapData, u64>, program: OwnedFd) -> Self {
+    pub(super) const fn new(lost: SharedArray<u64>, program: OwnedFd) -> Self {
         Self { lost, program }
     }
 
     /// Sum of the per-CPU counts of events the program could not submit.
-    pub(crate) fn lost(&self) -> Option<u64> {
-        self.lost
-            .get(&0, 0)
-            .ok()
-            .map(|per_cpu| per_cpu.iter().sum())
+    pub(crate) fn lost(&self) -> u64 {
+        self.lost.values().sum()
     }
 
     /// How many times the kernel skipped the program because it was
-    /// already running on the same CPU (`bpf_prog_info.recursion_misses`,
-    /// Linux 5.12 and later): a TCP state change in softirq context that
-    /// interrupts the program running for another one in process context
-    /// is not seen.
+    /// already running on the same CPU (`recursion_misses`, Linux 5.12
+    /// and later, from the program descriptor's `/proc/self/fdinfo`): a
+    /// TCP state change in softirq context that interrupts the program
+    /// running for another one in process context is not seen.
     pub(crate) fn missed(&self) -> Option<u64> {
-        missed_runs(&self.program)
+        let path = format!("/proc/self/fdinfo/{}", self.program.as_raw_fd());
+        recursion_misses(&std::fs::read_to_string(path).ok()?)
     }
 }
 
-fn missed_runs(program: &OwnedFd) -> Option<u64> {
-    /// `BPF_OBJ_GET_INFO_BY_FD`.
-    const GET_INFO: libc::c_long = 15;
-    /// Offset of `recursion_misses` in `struct bpf_prog_info`, in u64s (byte 208).
-    const RECURSION_MISSES: usize = 26;
-    #[repr(C)]
-    struct InfoAttr {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
+/// The `recursion_misses:` count of a BPF program's fdinfo text; `None`
+/// from a kernel that does not count them.
+fn recursion_misses(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fdinfo of a program on 5.10 (no count) and on 6.1.
+    #[test]
+    fn skipped_runs_are_read_where_the_kernel_counts_them() {
+        let v5_10 = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nprog_type:\t5\nprog_jited:\t1\nprog_tag:\tab12\nmemlock:\t4096\nprog_id:\t7\nrun_time_ns:\t0\nrun_cnt:\t0\n";
+        assert_eq!(recursion_misses(v5_10), None);
+        let v6_1 = format!("{v5_10}recursion_misses:\t42\nverified_insns:\t900\n");
+        assert_eq!(recursion_misses(&v6_1), Some(42));
     }
-    let mut info = [0u64; 29];
-    let mut attr = InfoAttr {
-        bpf_fd: u32::try_from(program.as_raw_fd()).ok()?,
-        info_len: u32::try_from(size_of_val(&info)).ok()?,
-        info: info.as_mut_ptr() as u64,
-    };
-    // SAFETY: bpf(2) BPF_OBJ_GET_INFO_BY_FD with an attribute of the
-    // documented layout, pointing at a buffer of `info_len` bytes.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            GET_INFO,
-            &raw mut attr,
-            size_of::<InfoAttr>(),
-        )
-    };
-    // The kernel writes back how much it filled: older kernels stop
-    // before the field.
-    let filled = usize::try_from(attr.info_len).ok()?;
-    (rc == 0 && filled > RECURSION_MISSES * 8).then(|| info[RECURSION_MISSES])
 }

@@ -5,7 +5,8 @@
 //! attaching the program ([`probe`]); then, while the exporter runs,
 //! reading its ring buffer ([`ring`]), decoding each record ([`events`]),
 //! its counts of what it could not hand over ([`losses`]) and its log
-//! lines ([`log`]).
+//! lines ([`log`]); the arrays shared with it as memory, read and written
+//! without a system call ([`shared_array`]).
 
 pub(crate) mod btf;
 pub(crate) mod events;
@@ -15,5 +16,6 @@ pub(crate) mod map_create;
 pub(crate) mod memlock;
 pub(crate) mod probe;
 pub(crate) mod ring;
+pub(crate) mod shared_array;
 pub(crate) mod tracefs;
 pub(crate) mod version;

@@ -11,7 +11,7 @@ use std::io;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{MapData, RingBuf},
     programs::TracePoint,
 };
 use geoip_common::{
@@ -26,6 +26,7 @@ use super::{
     losses::KernelLosses,
     map_create::{self, RingBufferRefused},
     memlock,
+    shared_array::{self, SharedArray},
     tracefs::{self, TracefsError},
     version,
 };
@@ -194,7 +195,7 @@ pub(crate) struct Probe {
     /// The ring buffer; [`super::ring::EventReader::new`] reads it inside the runtime.
     pub(crate) ring: RingBuf<MapData>,
     /// How the program wakes us (see [`super::ring::EventReader`]).
-    pub(crate) control: Array<MapData, u32>,
+    pub(crate) control: SharedArray<u32>,
     /// The kernel's counts of what it could not hand over.
     pub(crate) losses: KernelLosses,
     /// Whether events carry their socket's network namespace.
@@ -220,6 +221,7 @@ impl Prepared {
             .override_global(TCP_LAYOUT_GLOBAL, &self.tcp_layout, true)
             .map_max_entries(EVENTS_MAP, self.ring_bytes)
             .map_max_entries(CONNECTING_MAP, connecting)
+            .map_max_entries(LOST_MAP, shared_array::cpu_slots())
             .load(PROGRAM_OBJECT)
             .map_err(|err| load_error(err, map_create::ring_buffer(self.ring_bytes)))?;
         let logger = match aya_log::EbpfLogger::init_with_logger(&mut ebpf, TracingLog) {
@@ -259,8 +261,9 @@ impl Prepared {
                 .map_err(ProbeError::Poll)?
         };
         let ring = take_map(&mut ebpf, EVENTS_MAP, RingBuf::try_from)?;
-        let lost = take_map(&mut ebpf, LOST_MAP, PerCpuArray::try_from)?;
-        let control = take_map(&mut ebpf, CONTROL_MAP, Array::try_from)?;
+        let cpus = shared_array::cpu_slots();
+        let lost = take_map(&mut ebpf, LOST_MAP, |m| shared(m, cpus as usize, false))?;
+        let control = take_map(&mut ebpf, CONTROL_MAP, |m| shared(m, 1, true))?;
         Ok(Probe {
             attached: Attached(ebpf),
             logger,
@@ -275,6 +278,20 @@ impl Prepared {
 /// The program and its link to the tracepoint: the program stays attached
 /// as long as this lives.
 pub(crate) struct Attached(#[expect(dead_code, reason = "held for its Drop: the detach")] Ebpf);
+
+/// `map` mapped into memory as `len` slots.
+fn shared<T: shared_array::Slot>(
+    map: aya::maps::Map,
+    len: usize,
+    writable: bool,
+) -> Result<SharedArray<T>, aya::maps::MapError> {
+    SharedArray::new(map, len, writable).map_err(|io_error| {
+        aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call: "mmap",
+            io_error,
+        })
+    })
+}
 
 fn take_map<T>(
     ebpf: &mut Ebpf,

@@ -5,13 +5,14 @@
 
 use std::io;
 
-use aya::maps::{Array, MapData, RingBuf};
+use aya::maps::{MapData, RingBuf};
 use geoip_common::WAKE_ON_FIRST;
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
     events::{DecodeError, Event, decode},
     probe::ProbeError,
+    shared_array::SharedArray,
 };
 
 /// Most records handed on in one batch.
@@ -34,7 +35,7 @@ const ASLEEP_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// not twenty times).
 pub(crate) struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
-    control: Array<MapData, u32>,
+    control: SharedArray<u32>,
     positions: Positions,
     /// Empty drains in a row.
     idle: u32,
@@ -46,7 +47,7 @@ impl EventReader {
     /// Read `ring` from this runtime (call inside it).
     pub(crate) fn new(
         ring: RingBuf<MapData>,
-        control: Array<MapData, u32>,
+        control: SharedArray<u32>,
     ) -> Result<Self, ProbeError> {
         let positions = Positions::map(&ring).map_err(ProbeError::Poll)?;
         // SAFETY: the ring buffer owns its descriptor and neither replaces
@@ -65,11 +66,8 @@ impl EventReader {
     /// Ask the program to wake us on the next event (`asleep`), or not.
     fn set_asleep(&mut self, asleep: bool) {
         let mode = if asleep { WAKE_ON_FIRST } else { 0 };
-        match self.control.set(0, mode, 0) {
-            Ok(()) => self.asleep = asleep,
-            // Then the timer goes on draining: slower to idle, never late.
-            Err(err) => tracing::debug!(error = %err, "cannot set the wake-up mode"),
-        }
+        self.control.set(0, mode);
+        self.asleep = asleep;
     }
 
     /// Where the kernel will put the next record: every record reserved

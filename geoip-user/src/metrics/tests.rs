@@ -148,12 +148,12 @@ fn a_scrape_sees_each_change_whole() {
             done.store(true, std::sync::atomic::Ordering::Relaxed);
         })
     };
-    let value = |text: &str, name: &str| -> f64 {
+    let value = |text: &str, name: &str| -> u64 {
         text.lines()
             .find(|l| l.starts_with(name) && l.contains("country=\"DE\""))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+            .unwrap_or(0)
     };
     let mut renders = 0;
     while !done.load(std::sync::atomic::Ordering::Relaxed) && renders < 20_000 {
@@ -165,5 +165,8 @@ fn a_scrape_sees_each_change_whole() {
         renders += 1;
     }
     writer.join().unwrap();
-    assert!(renders > 10, "the renders overlapped the changes: {renders}");
+    assert!(
+        renders > 10,
+        "the renders overlapped the changes: {renders}"
+    );
 }
