@@ -19,6 +19,8 @@
 //!   `mmdb_check` opens and verifies it.
 //! - `layout`: the exporter's module graph and the rules it keeps (no
 //!   circle, imports down the layout `geoip-user/src/lib.rs` gives).
+//! - `vm`: the kernel matrix: the real-kernel suites inside Debian's
+//!   kernels 5.10, 6.1 and 6.12 under qemu (`cargo xtask test` runs it).
 //! - `civil`: calendar dates, the exporter's own file.
 
 mod bench;
@@ -35,6 +37,7 @@ mod package;
 mod run;
 mod setup;
 mod test;
+mod vm;
 
 use std::{
     env,
@@ -77,6 +80,8 @@ enum Command {
     },
     /// Fuzz every parser of outside input (cargo-fuzz, nightly) for a bounded time each.
     Fuzz(fuzz::Options),
+    /// Run the real-kernel suites inside Debian's kernels 5.10, 6.1 and 6.12 under qemu (root); print what passed where.
+    VmTest(vm::Options),
     /// Print the exporter's module graph (top-level modules in layout order, what each imports) and check its rules: no import circle, imports only down the layout.
     Layout,
 }
@@ -94,6 +99,7 @@ fn main() -> ExitCode {
         Command::Soak { seconds } => bench::soak(seconds),
         Command::Fuzz(options) => fuzz::run(&options),
         Command::Layout => layout::run(),
+        Command::VmTest(options) => vm::run(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,7 +7,7 @@ use std::{ffi::OsString, fmt, process::Command};
 use anyhow::{Result, bail};
 use clap::Args;
 
-use crate::{build, cmd, package, setup};
+use crate::{build, cmd, package, setup, vm};
 
 #[derive(Debug, Args)]
 pub(crate) struct Options {
@@ -17,7 +17,11 @@ pub(crate) struct Options {
     /// Run only the end-to-end tests (root).
     #[arg(long)]
     e2e: bool,
+    /// Skip the kernel matrix (the suites inside Debian's kernels under qemu).
+    #[arg(long)]
+    no_vm: bool,
     /// Arguments for the test binaries of both runs, after `--` (e.g. a name filter).
+    /// Given, the kernel matrix is skipped (it runs its own suites).
     #[arg(last = true)]
     args: Vec<OsString>,
 }
@@ -54,6 +58,9 @@ fn run_steps(options: &Options, unit: bool, e2e: bool, summary: &mut Summary) ->
     if e2e {
         summary.plan("package");
         summary.plan("e2e tests");
+        if vm(options) {
+            summary.plan("kernel matrix");
+        }
     }
 
     summary.record("setup", setup::run(parts))?;
@@ -104,8 +111,17 @@ fn run_steps(options: &Options, unit: bool, e2e: bool, summary: &mut Summary) ->
                 .args(&options.args),
         );
         summary.record("e2e tests", result)?;
+        if vm(options) {
+            let result = vm::matrix(&vm::Options::default(), &binary);
+            summary.record("kernel matrix", result)?;
+        }
     }
     Ok(())
+}
+
+/// Whether this run takes the kernel matrix too.
+const fn vm(options: &Options) -> bool {
+    !options.no_vm && options.args.is_empty()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -92,6 +92,21 @@ const PACKAGES: &[DebPackage] = &[
         why: "systemd-nspawn: the install test runs the packaged service under systemd",
     },
     DebPackage {
+        name: "qemu-system-x86",
+        unless_on_path: None,
+        why: "`cargo xtask vm-test` boots Debian's kernels under qemu (with virtiofsd)",
+    },
+    DebPackage {
+        name: "busybox-static",
+        unless_on_path: None,
+        why: "the guests' initramfs: mounts the host's files and switches root",
+    },
+    DebPackage {
+        name: "kmod",
+        unless_on_path: None,
+        why: "depmod and modprobe list the modules each guest kernel needs",
+    },
+    DebPackage {
         name: "nodejs",
         unless_on_path: Some("npm"),
         why: "the npm client that `cargo xtask fetch-db` uses",
