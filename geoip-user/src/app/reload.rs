@@ -114,25 +114,12 @@ struct Job {
 impl Reloader {
     /// Watch and reload until aborted.
     pub(crate) async fn watch(self) {
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGHUP; the database reloads only when its file changes");
-                None
-            }
-        };
+        let (mut hangup, mut watch) = self.listen();
         // A SIGHUP during start-up was held for now.
         let mut wanted = signals::take_early_hangup();
         if wanted {
             tracing::info!("SIGHUP received during start-up: reloading the GeoIP databases");
         }
-        let mut watch = match DirWatch::new(&self.paths) {
-            Ok(w) => Some(w),
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot watch the databases' directories; reload them with SIGHUP");
-                None
-            }
-        };
         let mut last = versions(&self.paths);
         let mut job: Option<Job> = None;
         let mut stuck: Vec<JoinHandle<Result<Databases, OpenError>>> = Vec::new();
@@ -182,6 +169,18 @@ impl Reloader {
                 tracing::debug!("a reload is under way; another follows it");
             }
         }
+    }
+
+    /// SIGHUP and the databases' directories, each if it can be listened
+    /// to (else the other way to reload is said).
+    fn listen(&self) -> (Option<tokio::signal::unix::Signal>, Option<DirWatch>) {
+        let hangup = signal(SignalKind::hangup())
+            .inspect_err(|err| tracing::warn!(error = %err, "cannot listen for SIGHUP; the database reloads only when its file changes"))
+            .ok();
+        let watch = DirWatch::new(&self.paths)
+            .inspect_err(|err| tracing::warn!(error = %err, "cannot watch the databases' directories; reload them with SIGHUP"))
+            .ok();
+        (hangup, watch)
     }
 
     /// The files of `paths` whose version differs between `now` and `last`.

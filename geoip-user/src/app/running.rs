@@ -26,7 +26,7 @@ use crate::{
     cli::{Args, Label},
     exclude::Exclusions,
     geo::Databases,
-    kernel::{log, probe::Attached, ring::EventReader},
+    kernel::{log, losses::KernelLosses, probe::Attached, ring::EventReader},
     metrics::{KernelCount, Metrics, Wanted},
     snapshot::Scope,
     table::{LabelLimits, Labels, Measures, Tracker},
@@ -86,16 +86,7 @@ pub(crate) async fn begin(args: &Args, started: Started) -> Result<Running, AppE
     let state = AppState::new(metrics.clone(), &args.telemetry_path, &db)
         .with_queries(query_tx, args.connections_api);
     let losses = Arc::new(probe.losses);
-    let (lost, missed) = (losses.clone(), losses.clone());
-    let missed: Option<KernelCount> = if losses.missed().is_some() {
-        Some(Box::new(move || missed.missed()))
-    } else {
-        tracing::info!(
-            "this kernel does not count the program's skipped runs (recursion_misses, Linux 5.12 and later): geoip_exporter_events_missed_total is not exported; lost events still are, and the reconcile still repairs"
-        );
-        None
-    };
-    metrics.register_kernel_losses(Box::new(move || Some(lost.lost())), missed)?;
+    register_losses(&metrics, &losses)?;
     if let Some(logger) = probe.logger {
         log::forward(logger);
     }
@@ -275,6 +266,22 @@ impl Drop for EventRuntime {
             runtime.shutdown_background();
         }
     }
+}
+
+/// Export the kernel's counts of lost events and skipped runs (those only
+/// where the kernel counts them).
+fn register_losses(metrics: &Metrics, losses: &Arc<KernelLosses>) -> Result<(), AppError> {
+    let (lost, missed) = (losses.clone(), losses.clone());
+    let missed: Option<KernelCount> = if losses.missed().is_some() {
+        Some(Box::new(move || missed.missed()))
+    } else {
+        tracing::info!(
+            "this kernel does not count the program's skipped runs (recursion_misses, Linux 5.12 and later): geoip_exporter_events_missed_total is not exported; lost events still are, and the reconcile still repairs"
+        );
+        None
+    };
+    metrics.register_kernel_losses(Box::new(move || Some(lost.lost())), missed)?;
+    Ok(())
 }
 
 /// The event thread's runtime, and the ring-buffer reader registered with

@@ -132,7 +132,7 @@ pub(crate) fn fetch(lines: &[Line], dir: &Path) -> Result<Vec<Kernel>> {
 /// `dpkg-deb -x` into `root` (through a scratch directory, so a cut run
 /// leaves nothing half-unpacked), then `depmod`.
 fn unpack(deb: &Path, root: &Path, release: &str) -> Result<()> {
-    let scratch = root.with_extension("partial");
+    let scratch = root.with_file_name(format!("{release}.partial"));
     let _ = fs::remove_dir_all(&scratch);
     fs::create_dir_all(&scratch)?;
     cmd::run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&scratch))?;
