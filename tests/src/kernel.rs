@@ -11,8 +11,8 @@ pub fn version() -> (u32, u32) {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
-/// Whether the kernel counts a program's skipped runs
-/// (`bpf_prog_info.recursion_misses`, Linux 5.12).
+/// Whether the kernel counts a tracepoint program's skipped runs
+/// (`recursion_misses`, counted for tracepoints since Linux 6.7).
 pub fn counts_skipped_runs() -> bool {
-    version() >= (5, 12)
+    version() >= (6, 7)
 }

@@ -298,7 +298,7 @@ fn exposes_the_metric_contract() {
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter(|l| !l.starts_with("process_"))
         .collect();
-    // Before 5.12 the kernel does not count skipped runs: the family is
+    // Before 6.7 the kernel does not count skipped runs: the family is
     // absent rather than a false 0.
     let skipped = geoip_tests::kernel::counts_skipped_runs();
     let expected: Vec<&str> = [

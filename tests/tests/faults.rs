@@ -185,7 +185,7 @@ fn lost_events_are_counted_and_repaired_by_the_reconcile() {
     let quiet = exporter.wait_for(|_| true);
     let lost_or_missed = value(&quiet, "geoip_exporter_events_lost_total")
         + value(&quiet, "geoip_exporter_events_missed_total");
-    // (A kernel that cannot count skipped runs, before 5.12, reconciles
+    // (A kernel that cannot count skipped runs, before 6.7, reconciles
     // at every check instead.)
     if lost_or_missed == 0.0 && geoip_tests::kernel::counts_skipped_runs() {
         assert_eq!(

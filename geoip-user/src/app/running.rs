@@ -276,7 +276,7 @@ fn register_losses(metrics: &Metrics, losses: &Arc<KernelLosses>) -> Result<(), 
         Some(Box::new(move || missed.missed()))
     } else {
         tracing::info!(
-            "this kernel does not count the program's skipped runs (recursion_misses, Linux 5.12 and later): geoip_exporter_events_missed_total is not exported; lost events still are, and the reconcile still repairs"
+            "this kernel does not count the program's skipped runs (recursion_misses of tracepoint programs, Linux 6.7 and later): geoip_exporter_events_missed_total is not exported (it would be a false 0); lost events still are"
         );
         None
     };

@@ -2,7 +2,10 @@
 
 use std::os::fd::{AsRawFd as _, OwnedFd};
 
-use super::shared_array::SharedArray;
+use super::{
+    shared_array::SharedArray,
+    version::{self, COUNTS_SKIPPED_RUNS},
+};
 
 /// What the kernel could not hand over, as it counts it: events the
 /// program dropped on a full ring buffer, and runs of the program the
@@ -26,11 +29,15 @@ impl KernelLosses {
     }
 
     /// How many times the kernel skipped the program because it was
-    /// already running on the same CPU (`recursion_misses`, Linux 5.12
-    /// and later, from the program descriptor's `/proc/self/fdinfo`): a
-    /// TCP state change in softirq context that interrupts the program
-    /// running for another one in process context is not seen.
+    /// already running on the same CPU (`recursion_misses`, from the
+    /// program descriptor's `/proc/self/fdinfo`): a TCP state change in
+    /// softirq context that interrupts the program running for another one
+    /// in process context is not seen. `None` before Linux 6.7, which
+    /// skips such runs of a tracepoint program without counting them.
     pub(crate) fn missed(&self) -> Option<u64> {
+        if version::running().is_none_or(|v| v < COUNTS_SKIPPED_RUNS) {
+            return None;
+        }
         let path = format!("/proc/self/fdinfo/{}", self.program.as_raw_fd());
         recursion_misses(&std::fs::read_to_string(path).ok()?)
     }

@@ -261,9 +261,8 @@ impl Prepared {
                 .map_err(ProbeError::Poll)?
         };
         let ring = take_map(&mut ebpf, EVENTS_MAP, RingBuf::try_from)?;
-        let cpus = shared_array::cpu_slots();
-        let lost = take_map(&mut ebpf, LOST_MAP, |m| shared(m, cpus as usize, false))?;
-        let control = take_map(&mut ebpf, CONTROL_MAP, |m| shared(m, 1, true))?;
+        let lost = take_map(&mut ebpf, LOST_MAP, |m| shared(m, false))?;
+        let control = take_map(&mut ebpf, CONTROL_MAP, |m| shared(m, true))?;
         Ok(Probe {
             attached: Attached(ebpf),
             logger,
@@ -279,13 +278,12 @@ impl Prepared {
 /// as long as this lives.
 pub(crate) struct Attached(#[expect(dead_code, reason = "held for its Drop: the detach")] Ebpf);
 
-/// `map` mapped into memory as `len` slots.
+/// `map` mapped into memory.
 fn shared<T: shared_array::Slot>(
     map: aya::maps::Map,
-    len: usize,
     writable: bool,
 ) -> Result<SharedArray<T>, aya::maps::MapError> {
-    SharedArray::new(map, len, writable).map_err(|io_error| {
+    SharedArray::new(map, writable).map_err(|io_error| {
         aya::maps::MapError::SyscallError(aya::sys::SyscallError {
             call: "mmap",
             io_error,

@@ -10,42 +10,86 @@ use std::{
     marker::PhantomData,
     os::fd::{AsFd as _, AsRawFd as _},
     ptr::NonNull,
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
 };
 
 use aya::maps::{Map, MapData};
 
-/// A value a slot holds: plain data the kernel writes whole.
-pub(crate) trait Slot: Copy {}
-impl Slot for u32 {}
-impl Slot for u64 {}
+/// A value a slot holds, read and written as an atomic (the kernel
+/// program writes the other side).
+pub(crate) trait Slot: Copy {
+    /// # Safety
+    /// `at` is valid for the slot's size, aligned to it, and only ever
+    /// accessed atomically.
+    unsafe fn load(at: *mut u8) -> Self;
+    /// # Safety
+    /// As [`Slot::load`], and `at` is writable.
+    unsafe fn store(at: *mut u8, value: Self);
+}
+
+impl Slot for u32 {
+    unsafe fn load(at: *mut u8) -> Self {
+        // SAFETY: the caller's.
+        unsafe { AtomicU32::from_ptr(at.cast()) }.load(Ordering::Relaxed)
+    }
+    unsafe fn store(at: *mut u8, value: Self) {
+        // SAFETY: the caller's.
+        unsafe { AtomicU32::from_ptr(at.cast()) }.store(value, Ordering::SeqCst);
+    }
+}
+
+impl Slot for u64 {
+    unsafe fn load(at: *mut u8) -> Self {
+        // SAFETY: the caller's.
+        unsafe { AtomicU64::from_ptr(at.cast()) }.load(Ordering::Relaxed)
+    }
+    unsafe fn store(at: *mut u8, value: Self) {
+        // SAFETY: the caller's.
+        unsafe { AtomicU64::from_ptr(at.cast()) }.store(value, Ordering::SeqCst);
+    }
+}
 
 /// The slots of one mapped array.
 pub(crate) struct SharedArray<T: Slot> {
-    base: NonNull<T>,
+    base: NonNull<u8>,
+    /// Slots, as the map was created with.
     len: usize,
+    /// Bytes from one slot to the next: the kernel rounds an array's
+    /// values up to 8 bytes.
+    stride: usize,
     mapped: usize,
+    writable: bool,
     /// Keeps the map alive as long as the mapping.
     _map: MapData,
     _slots: PhantomData<T>,
 }
 
 // SAFETY: the mapping is shared memory of plain integers, read and written
-// only with volatile whole-slot accesses; the kernel program is the other
+// only with atomic whole-slot accesses; the kernel program is the other
 // party, and no Rust reference to a slot is ever handed out.
 unsafe impl<T: Slot> Send for SharedArray<T> {}
 // SAFETY: as above.
 unsafe impl<T: Slot> Sync for SharedArray<T> {}
 
 impl<T: Slot> SharedArray<T> {
-    /// Map `map` (an array of `len` slots of `T`, created mmapable),
-    /// writable if `writable`.
-    pub(crate) fn new(map: Map, len: usize, writable: bool) -> io::Result<Self> {
+    /// Map `map` (an array of `T`, created mmapable), writable if
+    /// `writable`. Its size is the map's own (one `bpf(2)` call: at
+    /// start-up, before the capabilities go).
+    pub(crate) fn new(map: Map, writable: bool) -> io::Result<Self> {
         let Map::Array(data) = map else {
             return Err(io::Error::other("not an array map"));
         };
+        let info = data.info().map_err(io::Error::other)?;
+        if usize::try_from(info.value_size()).ok() != Some(size_of::<T>()) {
+            return Err(io::Error::other(
+                "the array's values are not of the slot's size",
+            ));
+        }
+        let len = usize::try_from(info.max_entries()).map_err(io::Error::other)?;
+        let stride = size_of::<T>().next_multiple_of(8);
         let page = page_size();
         let bytes = len
-            .checked_mul(size_of::<T>())
+            .checked_mul(stride)
             .ok_or_else(|| io::Error::other("array too large"))?;
         let mapped = bytes.div_ceil(page).max(1) * page;
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
@@ -59,11 +103,13 @@ impl<T: Slot> SharedArray<T> {
             return Err(io::Error::last_os_error());
         }
         let base =
-            NonNull::new(addr.cast::<T>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+            NonNull::new(addr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
         Ok(Self {
             base,
             len,
+            stride,
             mapped,
+            writable,
             _map: data,
             _slots: PhantomData,
         })
@@ -71,18 +117,18 @@ impl<T: Slot> SharedArray<T> {
 
     /// The value of slot `i`.
     pub(crate) fn get(&self, i: usize) -> Option<T> {
-        // SAFETY: `i` is within the mapped slots, aligned (the mapping is
-        // page-aligned, slots are contiguous).
-        (i < self.len).then(|| unsafe { self.base.as_ptr().add(i).read_volatile() })
+        // SAFETY: slot `i` lies within the mapping, aligned to its size
+        // (the mapping is page-aligned, the stride a multiple of 8), and
+        // is only accessed atomically.
+        (i < self.len).then(|| unsafe { T::load(self.base.as_ptr().add(i * self.stride)) })
     }
 
-    /// Set slot `i` (the mapping must be writable).
+    /// Set slot `i`, if the mapping is writable.
     pub(crate) fn set(&self, i: usize, value: T) {
-        if i < self.len {
-            // SAFETY: as in `get`; writable by construction of the callers
-            // that set.
-            unsafe { self.base.as_ptr().add(i).write_volatile(value) };
-            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        debug_assert!(self.writable, "set on a read-only mapping");
+        if self.writable && i < self.len {
+            // SAFETY: as in `get`, and the mapping is writable.
+            unsafe { T::store(self.base.as_ptr().add(i * self.stride), value) };
         }
     }
 

@@ -10,6 +10,11 @@ pub(crate) const MIN_KERNEL: (u32, u32) = (5, 8);
 /// `RLIMIT_MEMLOCK`.
 pub(crate) const MEMCG_ACCOUNTING: (u32, u32) = (5, 11);
 
+/// The first kernel that counts the skipped runs of a tracepoint program
+/// (`trace_call_bpf` counting `recursion_misses`; the field itself, in
+/// fdinfo, came with 5.12 but stayed 0 for tracepoints until then).
+pub(crate) const COUNTS_SKIPPED_RUNS: (u32, u32) = (6, 7);
+
 /// `uname -r`.
 pub(crate) fn release() -> io::Result<String> {
     // SAFETY: utsname is plain old data; uname fills it.

@@ -99,7 +99,7 @@ impl Metrics {
     /// Export the kernel's counts of events it could not hand over: ring
     /// buffer full (`lost`), and runs of the program the kernel skipped
     /// because it was already running on that CPU (`missed`; `None` on a
-    /// kernel that does not count them, before 5.12: the family is then
+    /// kernel that does not count them, before 6.7: the family is then
     /// absent, not a 0 that would claim nothing was skipped).
     pub(crate) fn register_kernel_losses(
         &self,

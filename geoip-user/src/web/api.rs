@@ -273,7 +273,18 @@ pub(super) async fn countries(
         Ok(selection) => selection.service,
         Err(err) => return err.into_response(),
     };
-    let overview = state.metrics.overview(service.as_deref());
+    // Off the server's threads, as a render of /metrics (it waits while
+    // the event thread applies a change).
+    let (metrics, asked) = (state.metrics.clone(), service.clone());
+    let Ok(overview) =
+        tokio::task::spawn_blocking(move || metrics.overview(asked.as_deref())).await
+    else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "reading the counts failed\n",
+        )
+            .into_response();
+    };
     let mut total = CountryCounts::default();
     let mut list: Vec<CountryJson> = overview
         .countries

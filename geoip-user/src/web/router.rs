@@ -38,9 +38,21 @@ pub(crate) fn router(state: AppState, telemetry_path: &str) -> Router {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    match state.scrapes.render(&state.metrics) {
-        Ok(body) => ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response(),
+    // Off the server's threads: a render waits while the event thread
+    // applies a change (a merge of a large snapshot takes a while), and
+    // the server must go on answering meanwhile.
+    let rendered = tokio::task::spawn_blocking(move || state.scrapes.render(&state.metrics)).await;
+    match rendered {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response(),
         Err(err) => {
+            tracing::error!(error = %err, "rendering metrics failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("rendering metrics failed: {err}\n"),
+            )
+                .into_response()
+        }
+        Ok(Err(err)) => {
             tracing::error!(error = %err, "rendering metrics failed");
             (
                 StatusCode::INTERNAL_SERVER_ERROR,

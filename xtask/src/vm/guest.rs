@@ -7,6 +7,7 @@
 use std::{
     fs,
     io::{Read as _, Seek as _, SeekFrom, Write as _},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -95,17 +96,20 @@ impl Boot<'_> {
         for f in &files {
             fs::write(f, "")?;
         }
-        let socket = self.dir.join("virtiofs.sock");
+        // Short, whatever the target directory: a socket's path has at
+        // most 107 bytes.
+        let socket = std::env::temp_dir().join(format!("geoip-vm-{}.sock", std::process::id()));
         let _ = fs::remove_file(&socket);
         let mut virtiofsd = Self::virtiofsd(&socket, &files[3])?;
         let started = Instant::now();
         let result = self.qemu(&socket, &guest_init, &files, prefix);
         let _ = virtiofsd.kill();
         let _ = virtiofsd.wait();
+        let _ = fs::remove_file(&socket);
         let ended = result?;
         let status = fs::read_to_string(&files[2])?.trim().parse().ok();
         Ok(Outcome {
-            output: fs::read_to_string(&files[1]).unwrap_or_default(),
+            output: String::from_utf8_lossy(&fs::read(&files[1]).unwrap_or_default()).into_owned(),
             status: if ended { status } else { None },
             console: files[0].clone(),
             elapsed: started.elapsed(),
@@ -121,6 +125,7 @@ impl Boot<'_> {
             .stdin(Stdio::null())
             .stdout(fs::File::create(log)?)
             .stderr(fs::File::options().append(true).open(log)?)
+            .die_with_parent()
             .spawn()
             .with_context(|| {
                 format!("starting {VIRTIOFSD} (install qemu-system-x86: cargo xtask setup)")
@@ -135,6 +140,7 @@ impl Boot<'_> {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
+                let _ = child.wait();
                 bail!(
                     "virtiofsd did not listen on {} within 10 s",
                     socket.display()
@@ -181,7 +187,8 @@ impl Boot<'_> {
             .args(["-monitor", "none"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(fs::File::options().append(true).open(&files[0])?);
+            .stderr(fs::File::options().append(true).open(&files[0])?)
+            .die_with_parent();
         crate::cmd::announce(&qemu);
         let mut child = qemu
             .spawn()
@@ -206,6 +213,27 @@ impl Boot<'_> {
                 return Ok(false);
             }
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Ending a child when this process ends, however it ends (a CI job
+/// killed at its timeout must not leave a guest running).
+trait DieWithParent {
+    fn die_with_parent(&mut self) -> &mut Self;
+}
+
+impl DieWithParent for Command {
+    fn die_with_parent(&mut self) -> &mut Self {
+        // SAFETY: the closure runs in the child between fork and exec and
+        // only calls prctl(2), which is async-signal-safe.
+        unsafe {
+            self.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
         }
     }
 }

@@ -34,11 +34,9 @@ mount -t overlay overlay -o lowerdir=/host,upperdir=/upper/u,workdir=/upper/w /n
 exec switch_root /newroot /bin/sh "$vminit"
 "#;
 
-/// Write the initramfs for `kernel` to `path` (unless it is there).
+/// Write the initramfs for `kernel` to `path` (anew each time: it is a few
+/// megabytes, and what it holds may have changed).
 pub(crate) fn write(kernel: &Kernel, path: &Path) -> Result<()> {
-    if path.exists() {
-        return Ok(());
-    }
     let mut archive = Cpio::default();
     for dir in [
         "bin", "mods", "proc", "sys", "dev", "host", "upper", "newroot",

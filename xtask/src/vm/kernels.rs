@@ -1,7 +1,11 @@
-//! Debian's cloud kernels, fetched as packages through a private apt
-//! configuration (its own sources, lists and cache under `target/vm/apt`;
-//! `/etc/apt` untouched) against the Debian mirror this machine's apt
-//! already uses, unpacked (no install) under `target/vm/kernels`.
+//! Debian's cloud kernels, fetched as packages through apt with sources,
+//! lists, status, cache and preferences of its own (under
+//! `target/vm/apt`, given as `-o` options, which override every
+//! configuration file; `/etc/apt` untouched) against the Debian mirror this
+//! machine's apt already uses, unpacked (no install) under
+//! `target/vm/kernels`. The machine's own apt.conf.d still applies (its
+//! proxy, authentication and validity settings for that mirror). Offline,
+//! the newest kernel of each line already unpacked is used.
 
 use std::{
     fmt::Write as _,
@@ -99,8 +103,18 @@ impl Kernel {
 /// (kept there: a second run fetches nothing it has).
 pub(crate) fn fetch(lines: &[Line], dir: &Path) -> Result<Vec<Kernel>> {
     let apt = Apt::new(&dir.join("apt"), lines)?;
-    apt.update()?;
-    let names = apt.package_names()?;
+    let names = match apt.update().and_then(|()| apt.package_names()) {
+        Ok(names) => names,
+        Err(err) => match cached(lines, &dir.join("kernels")) {
+            Some(names) => {
+                eprintln!(
+                    "    warning: cannot update the kernel list ({err:#}); using the kernels unpacked before"
+                );
+                names
+            }
+            None => return Err(err),
+        },
+    };
     let mut kernels = Vec::new();
     for line in lines {
         let package = line.newest(names.iter().map(String::as_str)).with_context(|| {
@@ -129,6 +143,21 @@ pub(crate) fn fetch(lines: &[Line], dir: &Path) -> Result<Vec<Kernel>> {
     Ok(kernels)
 }
 
+/// The package names of the kernels unpacked under `dir`, if every one
+/// of `lines` has one.
+fn cached(lines: &[Line], dir: &Path) -> Option<Vec<String>> {
+    let names: Vec<String> = fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("boot").is_dir())
+        .filter_map(|e| e.file_name().to_str().map(|n| format!("linux-image-{n}")))
+        .collect();
+    lines
+        .iter()
+        .all(|l| l.newest(names.iter().map(String::as_str)).is_some())
+        .then_some(names)
+}
+
 /// `dpkg-deb -x` into `root` (through a scratch directory, so a cut run
 /// leaves nothing half-unpacked), then `depmod`.
 fn unpack(deb: &Path, root: &Path, release: &str) -> Result<()> {
@@ -145,9 +174,10 @@ fn unpack(deb: &Path, root: &Path, release: &str) -> Result<()> {
     fs::rename(&scratch, root).with_context(|| format!("moving {} into place", scratch.display()))
 }
 
-/// apt with a configuration of its own.
+/// apt with directories of its own.
 struct Apt {
-    config: PathBuf,
+    /// `-o` options, each `Name=value`.
+    options: Vec<String>,
 }
 
 impl Apt {
@@ -168,21 +198,30 @@ impl Apt {
             )?;
         }
         fs::write(dir.join("etc/sources.list"), sources)?;
+        fs::write(dir.join("etc/preferences"), "")?;
         let d = dir.display();
-        let config = format!(
-            "Dir::State \"{d}/state\";\nDir::State::status \"{d}/state/status\";\nDir::Cache \"{d}/cache\";\n\
-             Dir::Etc::SourceList \"{d}/etc/sources.list\";\nDir::Etc::SourceParts \"{d}/etc/parts\";\n\
-             Dir::Etc::PreferencesParts \"{d}/etc/parts\";\nAPT::Architecture \"amd64\";\n\
-             Acquire::Languages \"none\";\nAPT::Sandbox::User \"root\";\n"
-        );
-        let path = dir.join("apt.conf");
-        fs::write(&path, config)?;
-        Ok(Self { config: path })
+        let options = [
+            format!("Dir::State={d}/state"),
+            format!("Dir::State::status={d}/state/status"),
+            format!("Dir::Cache={d}/cache"),
+            format!("Dir::Etc::SourceList={d}/etc/sources.list"),
+            format!("Dir::Etc::SourceParts={d}/etc/parts"),
+            format!("Dir::Etc::Preferences={d}/etc/preferences"),
+            format!("Dir::Etc::PreferencesParts={d}/etc/parts"),
+            "APT::Architecture=amd64".to_owned(),
+            "Acquire::Languages=none".to_owned(),
+            "APT::Sandbox::User=root".to_owned(),
+        ];
+        Ok(Self {
+            options: options.to_vec(),
+        })
     }
 
     fn command(&self, program: &str) -> Command {
         let mut c = Command::new(program);
-        c.env("APT_CONFIG", &self.config);
+        for option in &self.options {
+            c.arg("-o").arg(option);
+        }
         c
     }
 

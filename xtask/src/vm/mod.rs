@@ -65,6 +65,9 @@ pub(crate) fn matrix(options: &Options, binary: &Path) -> Result<()> {
     let suites = suites::chosen(&options.suites)?;
     let workspace = crate::workspace_root();
     let dir = crate::target_dir().join("vm");
+    for path in [workspace, &dir, binary] {
+        plain_path(path)?;
+    }
     eprintln!("==> kernel matrix: Debian's kernels {}", names(&lines));
     let kernels = kernels::fetch(&lines, &dir)?;
     if let Some(path) = &options.script {
@@ -135,6 +138,7 @@ fn boot(kernel: &Kernel, suites: &[Suite], script: &str, dir: &Path) -> Result<R
         kernel: kernel.clone(),
         ran: suites::read(&outcome.output, suites),
         elapsed: outcome.elapsed,
+        status: outcome.status,
         trouble,
     })
 }
@@ -148,12 +152,33 @@ fn run_script(kernels: &[Kernel], path: &Path, dir: &Path) -> Result<()> {
     let mut failed = Vec::new();
     for kernel in kernels {
         let row = boot(kernel, &[], &script, dir)?;
-        if let Some(trouble) = row.trouble {
-            failed.push(format!("{}: {trouble}", kernel.release));
+        match (row.trouble, row.status) {
+            (Some(trouble), _) => failed.push(format!("{}: {trouble}", kernel.release)),
+            (None, Some(0)) => {}
+            (None, status) => failed.push(format!(
+                "{}: the script exited with {}",
+                kernel.release,
+                status.unwrap_or(-1)
+            )),
         }
     }
     if !failed.is_empty() {
         bail!("{}", failed.join("\n"));
+    }
+    Ok(())
+}
+
+/// Fails on a path the guest's command line and scripts cannot carry as
+/// they are (white space, quotes, a backslash).
+fn plain_path(path: &Path) -> Result<()> {
+    let text = path.to_string_lossy();
+    if text
+        .chars()
+        .any(|c| c.is_whitespace() || "'\"\\$`".contains(c))
+    {
+        bail!(
+            "the kernel matrix needs paths without spaces, quotes or backslashes (the guests' command line and scripts name them): {text}; move the checkout or set CARGO_TARGET_DIR"
+        );
     }
     Ok(())
 }
@@ -184,6 +209,13 @@ fn today() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_the_guest_cannot_carry_are_refused() {
+        assert!(plain_path(Path::new("/work/main/target/vm")).is_ok());
+        assert!(plain_path(Path::new("/work/my project/target")).is_err());
+        assert!(plain_path(Path::new("/work/it's")).is_err());
+    }
 
     #[test]
     fn kernel_lines_are_chosen_by_name() {

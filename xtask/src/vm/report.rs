@@ -17,6 +17,8 @@ pub(crate) struct Row {
     pub(crate) ran: Vec<Ran>,
     /// The whole boot, suites included.
     pub(crate) elapsed: Duration,
+    /// The guest script's exit status; `None` when it did not end.
+    pub(crate) status: Option<i32>,
     /// Why the guest gave nothing, when it did not end.
     pub(crate) trouble: Option<String>,
 }
@@ -176,6 +178,7 @@ mod tests {
                     Vec::new()
                 },
                 time: Duration::from_secs(10),
+                expected: None,
             })
             .collect();
         Row {
@@ -186,6 +189,7 @@ mod tests {
             },
             ran,
             elapsed: Duration::from_mins(1),
+            status: Some(0),
             trouble: None,
         }
     }

@@ -136,11 +136,15 @@ pub(crate) struct Ran {
     pub(crate) passed: usize,
     pub(crate) failed: Vec<String>,
     pub(crate) time: Duration,
+    /// The tests the suite names, when it names them: each must pass.
+    pub(crate) expected: Option<usize>,
 }
 
 impl Ran {
     pub(crate) fn ok(&self) -> bool {
-        self.status == Some(0) && self.failed.is_empty() && self.passed > 0
+        self.status == Some(0)
+            && self.failed.is_empty()
+            && self.expected.map_or(self.passed > 0, |n| self.passed == n)
     }
 }
 
@@ -157,6 +161,7 @@ pub(crate) fn read(output: &str, suites: &[Suite]) -> Vec<Ran> {
                 passed: 0,
                 failed: Vec::new(),
                 time: Duration::ZERO,
+                expected: (!suite.tests.is_empty()).then_some(suite.tests.len()),
             };
             let Some(start) = output.lines().position(|l| l == begin) else {
                 return ran;
@@ -228,6 +233,13 @@ mod tests {
         assert!(!ran[1].ok());
         // Never begun.
         assert_eq!((ran[2].status, ran[2].passed), (None, 0));
+        // A suite that names its tests passes only if each of them did.
+        let faults = chosen(&["faults".into()]).unwrap();
+        let one = "@@vm begin faults\ntest c ... ok\n@@vm end faults status=0 ms=1\n";
+        assert!(!read(one, &faults)[0].ok(), "one of its two tests ran");
+        let two =
+            "@@vm begin faults\ntest c ... ok\ntest d ... ok\n@@vm end faults status=0 ms=1\n";
+        assert!(read(two, &faults)[0].ok());
         assert!(chosen(&["nope".into()]).is_err());
     }
 
